@@ -1,0 +1,154 @@
+"""Connecting to PostgreSQL and waiting for it to come up (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from runner import log
+from runner.errors import ConfigError, UnreachableError
+from runner.settings import Settings
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+APPLICATION_NAME = "migration-runner"
+# libpq keepalives on our end; the same numbers for the server's end: a dead peer is
+# noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+             "keepalives_count": 3}
+# Transient: the server is not there yet, is starting or stopping, or is full.
+_TRANSIENT_SQLSTATES = {"57P03": "starting_up", "53300": "too_many_connections",
+                        "57P01": "shutting_down", "08006": "connection_failure"}
+_TRANSIENT_MESSAGES = {
+    "connection refused": "connection_refused",
+    "could not translate host name": "name_not_resolved",
+    "failed to resolve host": "name_not_resolved",
+    "name or service not known": "name_not_resolved",
+    "temporary failure in name resolution": "name_not_resolved",
+    "timeout expired": "timeout",
+    "timed out": "timeout",
+    "connection reset": "connection_reset",
+    "server closed the connection unexpectedly": "connection_reset",
+    "no such file or directory": "socket_missing",  # unix socket of a server not yet up
+    "the database system is starting up": "starting_up",
+    "the database system is shutting down": "shutting_down",
+    "too many clients": "too_many_connections",
+}
+
+
+def parse(conninfo: str) -> dict[str, Any]:
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"DATABASE_URL is not a valid URL or key=value string ({reason})",
+                           variable="DATABASE_URL")
+
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        # libpq's message may quote the string itself, password included: don't repeat it.
+        reason = str(exc).split("\n")[0]
+        raise bad("malformed" if "=" in reason or "://" in reason else reason) from None
+    ports = str(params.get("port") or "0").split(",")
+    if not all(p.strip().isdigit() for p in ports):
+        raise bad("the port is not a number")
+    return params
+
+
+def redact(params: dict[str, Any]) -> str:
+    """`postgresql://user@host:port/db` — never the password or other parameters."""
+    env = os.environ
+    user = params.get("user") or env.get("PGUSER") or ""
+    host = params.get("host") or params.get("hostaddr") or env.get("PGHOST") or ""
+    port = params.get("port") or env.get("PGPORT") or ""
+    db = params.get("dbname") or env.get("PGDATABASE") or ""
+    return f"postgresql://{user}{'@' if user else ''}{host}{':' if port else ''}{port}/{db}"
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """Why a failed attempt is worth retrying, or None when it never will succeed."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    state = exc.sqlstate
+    if state is not None:
+        return _TRANSIENT_SQLSTATES.get(state)
+    text = str(exc).lower()
+    if "password" in text or "authentication" in text:
+        return None
+    return next((why for phrase, why in _TRANSIENT_MESSAGES.items() if phrase in text), None)
+
+
+def connect(settings: Settings, purpose: str) -> Connection:
+    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT."""
+    logger = log.get()
+    conninfo = settings.conninfo()
+    params = parse(conninfo)
+    target = redact(params)
+    kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
+                              "autocommit": True}
+    if settings.connect_timeout > 0:
+        kwargs["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.info("db_wait_retry", attempt=state.attempt_number, delay_s=round(delay, 3),
+                    reason=transient_reason(exc) if exc else None, target=target,
+                    purpose=purpose)
+
+    stop = (stop_after_attempt(1) if settings.wait_timeout == 0
+            else stop_before_delay(settings.wait_timeout))
+    retrying = Retrying(
+        stop=stop,
+        wait=wait_exponential_jitter(initial=0.2, max=5, jitter=0.3),
+        retry=retry_if_exception(lambda e: transient_reason(e) is not None),
+        before_sleep=before_sleep,
+        sleep=time.sleep,
+        reraise=True,
+    )
+    try:
+        conn: Connection = retrying(psycopg.connect, conninfo, **kwargs)
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        if transient_reason(exc):
+            raise UnreachableError(
+                f"database {target} not reachable within {settings.wait_timeout:g}s: {message}",
+                sqlstate=exc.sqlstate, target=target) from None
+        raise UnreachableError(f"database {target} refused the connection: {message}",
+                               sqlstate=exc.sqlstate, target=target) from None
+    _set_session(conn)
+    return conn
+
+
+def _set_session(conn: Connection) -> None:
+    """Server-side keepalives and, on 14+, a periodic check for a vanished client, so a
+    killed runner's statement is cancelled and its lock freed within seconds."""
+    sql = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+           "SET tcp_keepalives_count = 3")
+    if conn.info.server_version >= 140000:
+        sql += "; SET client_connection_check_interval = '2s'"
+    conn.execute(sql)
+
+
+def server_version(conn: Connection) -> str:
+    return conn.info.parameter_status("server_version") or str(conn.info.server_version)
+
+
+def backend_pid(conn: Connection) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def describe_target(settings: Settings) -> str:
+    return redact(parse(settings.conninfo()))

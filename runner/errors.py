@@ -1,0 +1,71 @@
+"""Errors the runner expects, each with its documented exit code (SPEC §5).
+
+Anything else is a bug: it still exits non-zero, but with a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OK = 0
+MIGRATION_FAILED = 1
+CONFIG = 2
+UNREACHABLE = 3
+LOCK_TIMEOUT = 4
+VALIDATION = 5
+SIGINT_EXIT = 130
+SIGTERM_EXIT = 143
+
+
+class RunnerError(Exception):
+    """An expected failure: a message for the operator, an exit code, fields for the log."""
+
+    exit_code = MIGRATION_FAILED
+
+    def __init__(self, message: str, /, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class ConfigError(RunnerError):
+    exit_code = CONFIG
+
+
+class UnreachableError(RunnerError):
+    exit_code = UNREACHABLE
+
+
+class LockTimeoutError(RunnerError):
+    exit_code = LOCK_TIMEOUT
+
+
+class MigrationError(RunnerError):
+    exit_code = MIGRATION_FAILED
+
+
+class ValidationError(RunnerError):
+    """One or more problems with the files or the history; all of them are reported."""
+
+    exit_code = VALIDATION
+
+    def __init__(self, problems: list[str], **fields: Any) -> None:
+        self.problems = problems
+        head = problems[0] if len(problems) == 1 else (
+            f"{len(problems)} problems: " + "; ".join(problems))
+        super().__init__(head, problems=problems, **fields)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised from the signal handler. A KeyboardInterrupt, so psycopg cancels the running
+    statement on the server before it propagates."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return SIGTERM_EXIT if self.signum == signal.SIGTERM else SIGINT_EXIT

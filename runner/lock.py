@@ -1,0 +1,111 @@
+"""The advisory lock that makes one runner at a time work on a database (SPEC §3).
+
+Session-level, on a connection of its own, taken with `pg_try_advisory_lock` in a backoff
+loop: a blocking `pg_advisory_lock` would leave a waiting backend whose snapshot deadlocks
+the holder's CREATE INDEX CONCURRENTLY. The lock dies with its session, so a killed
+runner leaves nothing to clean up by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import time
+from typing import Any
+
+import psycopg
+
+from runner import log
+from runner.database import Connection, backend_pid
+from runner.errors import ConfigError, LockTimeoutError
+
+REPORT_EVERY_S = 10.0
+_MAX_POLL_S = 1.0
+
+_HOLDER = """
+SELECT a.pid, a.application_name, host(a.client_addr)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(hi)s AND l.objid = %(lo)s
+  AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+_HELD_BY_ME = """
+SELECT pg_backend_pid(), EXISTS (
+  SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+    AND classid = %(hi)s AND objid = %(lo)s AND objsubid = 1)
+"""
+
+
+def lock_key(database: str, schema: str, table: str = "migration_history") -> int:
+    """A signed 64-bit key: one lock per bookkeeping table, not one per server."""
+    digest = hashlib.sha256(f"{database}\0{schema}\0{table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _halves(key: int) -> dict[str, int]:
+    """pg_locks shows a bigint key as two unsigned 32-bit halves."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+
+
+def _holder(conn: Connection, key: int) -> dict[str, Any]:
+    row = conn.execute(_HOLDER, _halves(key)).fetchone()
+    if row is None:
+        return {"holder_pid": None, "holder_application_name": None, "holder_client_addr": None}
+    return {"holder_pid": row[0], "holder_application_name": row[1],
+            "holder_client_addr": row[2]}
+
+
+class AdvisoryLock:
+    def __init__(self, conn: Connection, schema: str) -> None:
+        self.conn = conn
+        self.key = lock_key(conn.info.dbname, schema)
+        self.held = False
+
+    def acquire(self, timeout: float) -> None:
+        logger = log.get()
+        pid = backend_pid(self.conn)
+        started = time.monotonic()
+        next_report = started
+        delay = 0.05
+        while not self._try():
+            now = time.monotonic()
+            waited = now - started
+            if now >= next_report:
+                logger.info("lock_waiting", waited_s=round(waited, 1), lock_key=self.key,
+                            **_holder(self.conn, self.key))
+                next_report = now + REPORT_EVERY_S
+            if waited >= timeout:
+                raise LockTimeoutError(
+                    f"advisory lock not acquired within {timeout:g}s: another runner holds it "
+                    "(see lock_waiting for its pid); raise MIGRATE_LOCK_TIMEOUT or stop it",
+                    **_holder(self.conn, self.key))
+            time.sleep(min(delay * random.uniform(0.5, 1.5), timeout - waited))
+            delay = min(delay * 2, _MAX_POLL_S)
+        self.held = True
+        self._check_same_session(pid)
+        logger.info("lock_acquired", waited_ms=round((time.monotonic() - started) * 1000),
+                    lock_key=self.key)
+
+    def _try(self) -> bool:
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        return bool(row and row[0])
+
+    def _check_same_session(self, pid: int) -> None:
+        """Behind a transaction-pooling proxy each statement may land on another backend,
+        and a session lock then guards nothing."""
+        row = self.conn.execute(_HELD_BY_ME, _halves(self.key)).fetchone()
+        if row is None or row[0] != pid or not row[1]:
+            raise ConfigError(
+                "the advisory lock is not held by this session: a transaction-pooling proxy "
+                "(PgBouncer pool_mode=transaction) stands between the runner and PostgreSQL; "
+                "point DATABASE_URL at PostgreSQL directly or at a session-mode pool")
+
+    def release(self) -> None:
+        """Never raises: it runs on every exit path, including after a lost connection."""
+        if not self.held:
+            return
+        self.held = False
+        with contextlib.suppress(psycopg.Error):  # the session is gone, and the lock with it
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))

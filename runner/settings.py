@@ -1,0 +1,199 @@
+"""Settings (SPEC §1): every one an environment variable and, mostly, a flag; the flag wins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected true/false/1/0/yes/no/on/off")
+
+
+def parse_duration(text: str) -> float:
+    """`30`, `1.5`, `500ms`, `30s`, `5m` -> seconds."""
+    value = text.strip().lower()
+    factor = 1.0
+    for unit in ("ms", "s", "m"):
+        if value.endswith(unit):
+            value, factor = value[: -len(unit)], _UNITS[unit]
+            break
+    try:
+        seconds = float(value) * factor
+    except ValueError:
+        raise ValueError("expected seconds like 30, 1.5, 500ms, 30s or 5m") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError("expected a finite duration of zero or more")
+    return seconds
+
+
+def parse_count(text: str) -> int:
+    try:
+        count = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if count < 0:
+        raise ValueError("expected zero or more")
+    return count
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def parse_schema(text: str) -> str:
+    if not text or "\x00" in text or len(text.encode()) > 63:
+        raise ValueError("expected a schema name of 1 to 63 bytes")
+    return text
+
+
+@dataclass(frozen=True)
+class Spec:
+    field: str
+    env: str
+    flag: str | None
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+SPECS = [
+    Spec("database_url", "DATABASE_URL", "--database-url", str, None,
+         "postgresql:// URI or libpq key=value string (default: the PG* variables, as psql)"),
+    Spec("database_url_file", "DATABASE_URL_FILE", "--database-url-file", str, None,
+         "read the database URL from this file (a mounted Secret)"),
+    Spec("migrations_dir", "MIGRATIONS_DIR", "--dir", str, "migrations",
+         "folder of migration files"),
+    Spec("run_migrations", "RUN_MIGRATIONS", None, parse_bool, True, ""),
+    Spec("schema", "MIGRATE_SCHEMA", "--schema", parse_schema, "public",
+         "schema of the bookkeeping tables, created if missing"),
+    Spec("wait_timeout", "MIGRATE_WAIT_TIMEOUT", "--wait-timeout", parse_duration, 60.0,
+         "total time to wait for the database (0: one attempt)"),
+    Spec("connect_timeout", "MIGRATE_CONNECT_TIMEOUT", "--connect-timeout", parse_duration, 5.0,
+         "one connection attempt"),
+    Spec("lock_timeout", "MIGRATE_LOCK_TIMEOUT", "--lock-timeout", parse_duration, 300.0,
+         "how long to wait for the advisory lock (0: one try)"),
+    Spec("ddl_lock_timeout", "MIGRATE_DDL_LOCK_TIMEOUT", "--ddl-lock-timeout", parse_duration, 5.0,
+         "PostgreSQL lock_timeout inside each transactional migration (0: off)"),
+    Spec("ddl_lock_retries", "MIGRATE_DDL_LOCK_RETRIES", "--ddl-lock-retries", parse_count, 5,
+         "retries of a migration that failed on lock_not_available or deadlock"),
+    Spec("statement_timeout", "MIGRATE_STATEMENT_TIMEOUT", "--statement-timeout", parse_duration,
+         0.0, "PostgreSQL statement_timeout inside each migration (0: off)"),
+    Spec("allow_out_of_order", "MIGRATE_ALLOW_OUT_OF_ORDER", "--allow-out-of-order", parse_bool,
+         False, "apply pending files older than the newest applied one"),
+    Spec("strict", "MIGRATE_STRICT", "--strict", parse_bool, False,
+         'treat "database is ahead of these files" as an error'),
+    Spec("log_format", "MIGRATE_LOG_FORMAT", "--log-format", parse_choice("json", "console"), None,
+         "json or console (default: console on a TTY, else json)"),
+    Spec("log_level", "MIGRATE_LOG_LEVEL", "--log-level",
+         parse_choice("debug", "info", "warning", "error"), "info", "debug, info, warning, error"),
+]
+_BOOL_FLAGS = {"allow_out_of_order", "strict"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    database_url_file: str | None
+    migrations_dir: str
+    run_migrations: bool
+    schema: str
+    wait_timeout: float
+    connect_timeout: float
+    lock_timeout: float
+    ddl_lock_timeout: float
+    ddl_lock_retries: int
+    statement_timeout: float
+    allow_out_of_order: bool
+    strict: bool
+    log_format: str
+    log_level: str
+
+    @property
+    def migrations_path(self) -> Path:
+        return Path(self.migrations_dir)
+
+    def conninfo(self) -> str:
+        """The connection string: the URL, the URL file's content, or "" (libpq's PG* vars)."""
+        if self.database_url_file:
+            try:
+                return Path(self.database_url_file).read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"DATABASE_URL_FILE {self.database_url_file!r} cannot be read: "
+                    f"{exc.__class__.__name__}; mount the Secret there or unset the variable"
+                ) from None
+        return self.database_url or ""
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Setting flags, added to the top parser and every command, so they work on either side."""
+    group = parser.add_argument_group("settings (each also an environment variable)")
+    for spec in SPECS:
+        if spec.flag is None:
+            continue
+        helptext = f"{spec.help} [{spec.env}]"
+        if spec.field in _BOOL_FLAGS:
+            # No optional value: `--strict status` must not read `status` as one.
+            group.add_argument(spec.flag, dest=spec.field, action="store_const", const="true",
+                               default=argparse.SUPPRESS, help=helptext)
+            group.add_argument("--no-" + spec.flag[2:], dest=spec.field, action="store_const",
+                               const="false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            group.add_argument(spec.flag, dest=spec.field, default=argparse.SUPPRESS,
+                               metavar=spec.env, help=helptext)
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge flags over environment over defaults; any bad value is a ConfigError naming it."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        raw, source = flags.get(spec.field), spec.flag
+        if raw is None:
+            raw, source = environ.get(spec.env) or None, spec.env
+        if raw is None:
+            values[spec.field] = spec.default
+            continue
+        try:
+            values[spec.field] = spec.parse(raw)
+        except ValueError as exc:
+            label = spec.env if source == spec.env else f"{spec.flag} ({spec.env})"
+            raise ConfigError(f"{label}={raw!r} is not valid: {exc}", variable=spec.env) from None
+    if values["database_url"] and values["database_url_file"]:
+        raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set; keep only one",
+                          variable="DATABASE_URL_FILE")
+    if values["log_format"] is None:
+        values["log_format"] = "console" if sys.stderr.isatty() else "json"
+    return Settings(**values)
+
+
+def termination_log_path(environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """(path, explicit): read apart from the other settings, so a bad setting still gets
+    its termination message."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("MIGRATE_TERMINATION_LOG")
+    return (path, True) if path else (DEFAULT_TERMINATION_LOG, False)

@@ -1,0 +1,141 @@
+"""Finding the statements of a migration file with PostgreSQL's own parser (pglast).
+
+A split on `;` or a regex breaks on dollar quotes, `E''` strings, nested comments and
+`BEGIN ATOMIC` bodies; the server's grammar does not. pglast is imported only when a file
+must be lexed, so the no-op path of a pod start does not pay for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runner.errors import ValidationError
+from runner.files import Migration
+
+DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
+_NEEDS_NEW_FILE = "; move it to its own file whose first line is `-- migrate:no-transaction`"
+
+
+@dataclass(frozen=True)
+class Statement:
+    offset: int  # character offset of its first token in Migration.text
+    sql: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    migration: Migration
+    transactional: bool
+    statements: tuple[Statement, ...]
+
+
+def line_col(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset (CRLF counts as the line's end)."""
+    offset = max(0, min(offset, len(text)))
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def is_transactional(text: str) -> bool:
+    """False when a directive stands among the leading comment lines."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if not line.startswith("--"):
+            break
+        if line[2:].strip().lower() in DIRECTIVES:
+            return False
+    return True
+
+
+def _txn_kind(node: Any) -> str | None:
+    if type(node).__name__ != "TransactionStmt":
+        return None
+    return str(node.kind.name).removeprefix("TRANS_STMT_")
+
+
+def _outside_transaction_only(node: Any) -> str | None:
+    """What the statement is, when PostgreSQL refuses to run it in a transaction block."""
+    kind = type(node).__name__
+    if kind == "IndexStmt" and node.concurrent:
+        return "CREATE INDEX CONCURRENTLY"
+    if kind == "ReindexStmt" and any(p.defname == "concurrently" for p in node.params or ()):
+        return "REINDEX CONCURRENTLY"
+    if kind == "DropStmt" and node.concurrent:
+        return "DROP INDEX CONCURRENTLY"
+    if kind == "VacuumStmt" and node.is_vacuumcmd:
+        return "VACUUM"
+    if kind == "AlterTableStmt" and any(
+        type(getattr(c, "def_", None)).__name__ == "PartitionCmd" and c.def_.concurrent
+        for c in node.cmds or ()
+    ):
+        return "DETACH PARTITION CONCURRENTLY"
+    names = {
+        "CreatedbStmt": "CREATE DATABASE",
+        "DropdbStmt": "DROP DATABASE",
+        "AlterSystemStmt": "ALTER SYSTEM",
+        "CreateTableSpaceStmt": "CREATE TABLESPACE",
+        "DropTableSpaceStmt": "DROP TABLESPACE",
+    }
+    return names.get(kind)
+
+
+def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
+    import pglast
+
+    text = m.text
+    transactional = is_transactional(text)
+    try:
+        raw = pglast.parse_sql(text)
+    except pglast.parser.ParseError as exc:
+        index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        line, col = line_col(text, index)
+        return None, [f"{m.file}:{line}:{col}: {exc.args[0]}; fix the SQL"]
+    nodes: list[tuple[Any, int, int]] = []
+    for r in raw:
+        start = r.stmt_location or 0
+        nodes.append((r.stmt, start, r.stmt_len or len(text) - start))
+    if not nodes:
+        return None, [f"{m.file}: contains no SQL statement (only comments); write its SQL"]
+
+    problems: list[str] = []
+
+    def at(offset: int) -> str:
+        line, col = line_col(text, offset)
+        return f"{m.file}:{line}:{col}"
+
+    first, last = _txn_kind(nodes[0][0]), _txn_kind(nodes[-1][0])
+    if transactional and first in ("BEGIN", "START") and len(nodes) > 1 and last == "COMMIT":
+        nodes = nodes[1:-1]  # the psql-style wrapper: the runner runs the body in its own
+    for node, offset, _ in nodes:
+        kind = _txn_kind(node)
+        if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
+            continue
+        if kind is not None:
+            where = "a no-transaction file" if not transactional else "the middle of a file"
+            problems.append(f"{at(offset)}: transaction control ({kind.replace('_', ' ')}) in "
+                            f"{where}; the runner manages the transaction, remove it")
+        elif transactional and (what := _outside_transaction_only(node)):
+            problems.append(f"{at(offset)}: {what} cannot run inside a transaction"
+                            + _NEEDS_NEW_FILE)
+    if not nodes and not problems:
+        problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
+    statements = tuple(Statement(o, text[o : o + n]) for _, o, n in nodes)
+    return Plan(m, transactional, statements), problems
+
+
+def plan(migrations: list[Migration]) -> list[Plan]:
+    """Lex every file; a ValidationError lists every problem of every file."""
+    plans: list[Plan] = []
+    problems: list[str] = []
+    for m in migrations:
+        result, found = _lex(m)
+        problems.extend(found)
+        if result is not None:
+            plans.append(result)
+    if problems:
+        raise ValidationError(problems)
+    return plans

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.pg import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    c.start()
+    yield c
+    c.destroy()
+
+
+@dataclass
+class Db:
+    cluster: Cluster
+    name: str
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url(self.name)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params: Any = None) -> Any:
+        rows = self.query(sql, params)
+        return rows[0][0] if rows else None
+
+    def table_exists(self, qualified: str) -> bool:
+        return bool(self.scalar("SELECT to_regclass(%s) IS NOT NULL", (qualified,)))
+
+
+@pytest.fixture
+def db(cluster: Cluster) -> Db:
+    name = f"t{os.getpid()}_{next(_counter)}"
+    with cluster.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return Db(cluster, name)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def event(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events if e.get("event") == name]
+        assert found, f"no {name!r} event in:\n{self.stderr}"
+        return found[-1]
+
+    def names(self) -> list[str]:
+        return [str(e.get("event")) for e in self.events]
+
+
+def parse_events(stderr: str) -> list[dict[str, Any]]:
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def runner_env(url: str | None, migrations: Path | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PG", "MIGRATE_", "DATABASE_URL", "RUN_MIGRATIONS"))}
+    env.update(MIGRATE_LOG_FORMAT="json", MIGRATE_TERMINATION_LOG="", PYTHONUNBUFFERED="1")
+    if url is not None:
+        env["DATABASE_URL"] = url
+    if migrations is not None:
+        env["MIGRATIONS_DIR"] = str(migrations)
+    env.update(extra)
+    return env
+
+
+def runner_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "runner", *args]
+
+
+def run(url: str | None, migrations: Path | None, *args: str, timeout: float = 120,
+        **env: str) -> Result:
+    proc = subprocess.run(runner_cmd(*args), env=runner_env(url, migrations, **env),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return Result(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stderr))
+
+
+class Runner:
+    """A runner process in the background whose log is read line by line as it comes."""
+
+    def __init__(self, url: str | None, migrations: Path | None, *args: str, **env: str) -> None:
+        self.proc = subprocess.Popen(runner_cmd(*args), env=runner_env(url, migrations, **env),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT)
+        self.events: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+
+    def wait_for_event(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Read stderr until `name` is logged; the deadline guards a runner that never logs it."""
+        import selectors
+
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        for e in self.events:
+            if e.get("event") == name:
+                return e
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if line.startswith("{"):
+                event = json.loads(line)
+                self.events.append(event)
+                if event.get("event") == name:
+                    return event
+        raise AssertionError(f"no {name!r} event within {timeout}s:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float = 60) -> Result:
+        out, err = self.proc.communicate(timeout=timeout)
+        stderr = "".join(self.lines) + err
+        return Result(self.proc.returncode, out, stderr, parse_events(stderr))
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Callable[..., Path]:
+    """Write migration files: migrations({"001_a.sql": "..."}) -> folder."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+
+    def write(files: dict[str, str | bytes]) -> Path:
+        for name, content in files.items():
+            path = folder / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        return folder
+
+    return write
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+PASSWORD = "s3cret-Pa55word"
+
+
+@pytest.fixture(scope="session")
+def password_cluster() -> Iterator[Cluster]:
+    c = Cluster(password=PASSWORD)
+    c.start()
+    with c.connect() as conn:
+        conn.execute(f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute("CREATE DATABASE app OWNER app")
+    yield c
+    c.destroy()
+
+
+@pytest.fixture
+def cluster_with_password(password_cluster: Cluster) -> tuple[str, str]:
+    """(URL of role `app` with its password, the password)."""
+    with password_cluster.connect() as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+    return password_cluster.url("app", user="app"), PASSWORD
