@@ -31,21 +31,29 @@ KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 # Transient: the server is not there yet, is starting or stopping, or is full.
 _TRANSIENT_SQLSTATES = {"57P03": "starting_up", "53300": "too_many_connections",
                         "57P01": "shutting_down", "08006": "connection_failure"}
-_TRANSIENT_MESSAGES = {
-    "connection refused": "connection_refused",
-    "could not translate host name": "name_not_resolved",
-    "failed to resolve host": "name_not_resolved",
-    "name or service not known": "name_not_resolved",
-    "temporary failure in name resolution": "name_not_resolved",
-    "timeout expired": "timeout",
-    "timed out": "timeout",
-    "connection reset": "connection_reset",
-    "server closed the connection unexpectedly": "connection_reset",
-    "no such file or directory": "socket_missing",  # unix socket of a server not yet up
-    "the database system is starting up": "starting_up",
-    "the database system is shutting down": "shutting_down",
-    "too many clients": "too_many_connections",
-}
+# libpq reports a failed connection as text only: (phrase, sqlstate the server sent or
+# None, reason when worth retrying or None when it never will succeed).
+_CONNECT_FAILURES = [
+    ("password authentication failed", "28P01", None),
+    ("no password supplied", "28P01", None),
+    ("no pg_hba.conf entry", "28000", None),
+    ("role \"", "28000", None),  # role "x" does not exist
+    ("database \"", "3D000", None),  # database "x" does not exist
+    ("the database system is starting up", "57P03", "starting_up"),
+    ("the database system is shutting down", "57P01", "shutting_down"),
+    ("the database system is in recovery mode", "57P03", "starting_up"),
+    ("too many clients", "53300", "too_many_connections"),
+    ("connection refused", None, "connection_refused"),
+    ("could not translate host name", None, "name_not_resolved"),
+    ("failed to resolve host", None, "name_not_resolved"),
+    ("name or service not known", None, "name_not_resolved"),
+    ("temporary failure in name resolution", None, "name_not_resolved"),
+    ("timeout expired", None, "timeout"),
+    ("timed out", None, "timeout"),
+    ("connection reset", None, "connection_reset"),
+    ("server closed the connection unexpectedly", None, "connection_reset"),
+    ("no such file or directory", None, "socket_missing"),  # unix socket not there yet
+]
 
 
 def parse(conninfo: str) -> dict[str, Any]:
@@ -75,17 +83,21 @@ def redact(params: dict[str, Any]) -> str:
     return f"postgresql://{user}{'@' if user else ''}{host}{':' if port else ''}{port}/{db}"
 
 
-def transient_reason(exc: BaseException) -> str | None:
-    """Why a failed attempt is worth retrying, or None when it never will succeed."""
+def classify(exc: BaseException) -> tuple[str | None, str | None]:
+    """(sqlstate, reason to retry or None when retrying cannot help)."""
     if not isinstance(exc, psycopg.OperationalError):
-        return None
-    state = exc.sqlstate
-    if state is not None:
-        return _TRANSIENT_SQLSTATES.get(state)
+        return None, None
+    if exc.sqlstate is not None:
+        return exc.sqlstate, _TRANSIENT_SQLSTATES.get(exc.sqlstate)
     text = str(exc).lower()
-    if "password" in text or "authentication" in text:
-        return None
-    return next((why for phrase, why in _TRANSIENT_MESSAGES.items() if phrase in text), None)
+    for phrase, state, reason in _CONNECT_FAILURES:
+        if phrase in text:
+            return state, reason
+    return None, None
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    return classify(exc)[1]
 
 
 def connect(settings: Settings, purpose: str) -> Connection:
@@ -120,12 +132,13 @@ def connect(settings: Settings, purpose: str) -> Connection:
         conn: Connection = retrying(psycopg.connect, conninfo, **kwargs)
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        if transient_reason(exc):
+        sqlstate, reason = classify(exc)
+        if reason:
             raise UnreachableError(
                 f"database {target} not reachable within {settings.wait_timeout:g}s: {message}",
-                sqlstate=exc.sqlstate, target=target) from None
+                sqlstate=sqlstate, target=target) from None
         raise UnreachableError(f"database {target} refused the connection: {message}",
-                               sqlstate=exc.sqlstate, target=target) from None
+                               sqlstate=sqlstate, target=target) from None
     _set_session(conn)
     return conn
 

@@ -44,6 +44,10 @@ class Db:
         with self.connect() as conn:
             return conn.execute(sql, params).fetchall()
 
+    def execute(self, sql: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sql)
+
     def scalar(self, sql: str, params: Any = None) -> Any:
         rows = self.query(sql, params)
         return rows[0][0] if rows else None

@@ -34,7 +34,8 @@ def test_applies_in_order_records_history_and_audit_then_is_a_no_op(
     assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'item_id'::regclass")
     history = db.query("SELECT version, description, status, applied_by, length(checksum) "
                        "FROM migration_history ORDER BY version")
-    assert history == [(1, "create", "applied", "postgres", 64), (2, "seed", "applied", "postgres", 64),
+    assert history == [(1, "create", "applied", "postgres", 64),
+                       (2, "seed", "applied", "postgres", 64),
                        (3, "index", "applied", "postgres", 64)]
     audit = db.query("SELECT version, direction, success, client_host IS NOT NULL "
                      "FROM migration_audit ORDER BY id")

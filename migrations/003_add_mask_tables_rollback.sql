@@ -1,0 +1,16 @@
+-- 003_add_mask_tables_rollback.sql
+-- Purpose:    undo 003_add_mask_tables.sql: drop annotation.masks and
+--             annotation.mask_groups (their indexes, constraints and triggers go
+--             with them). WARNING: destroys all mask records.
+-- Depends on: nothing newer applied (the runner rolls back newest first).
+-- Rollback:   this is the rollback of 003_add_mask_tables.sql.
+
+-- Dropping is the point of a rollback file:
+-- squawk-ignore-file ban-drop-table
+
+BEGIN;
+
+DROP TABLE IF EXISTS annotation.masks;
+DROP TABLE IF EXISTS annotation.mask_groups;
+
+COMMIT;
