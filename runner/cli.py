@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from runner import __version__, commands, log
+from runner import __version__, log
+from runner.commands import migrate as migrate_cmd
 from runner.errors import CONFIG, ConfigError, Interrupted, RunnerError
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
 
@@ -32,11 +33,11 @@ def _version(value: str) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    return commands.migrate(settings, to=args.to, dry_run=args.dry_run)
+    return migrate_cmd.migrate(settings, to=args.to, dry_run=args.dry_run)
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
-    return commands.validate_offline(settings)
+    return migrate_cmd.validate_offline(settings)
 
 
 def build_parser() -> Parser:

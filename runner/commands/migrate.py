@@ -1,68 +1,16 @@
-"""The `migrate` command and the pieces other commands share: read files, connect, lock."""
+"""`migrate`: apply pending files, in order, under the advisory lock (SPEC §3)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 from runner import files, log, statements
 from runner.apply import Applier
-from runner.database import Connection, backend_pid, connect, server_version
+from runner.commands import locked, open_connection, read_state
+from runner.database import backend_pid
 from runner.errors import ConfigError, ValidationError
-from runner.history import Comparison, Tables, compare
-from runner.lock import AdvisoryLock
+from runner.history import Tables
 from runner.settings import Settings
-
-
-def open_connection(settings: Settings, purpose: str) -> Connection:
-    conn = connect(settings, purpose)
-    info = conn.info
-    log.get().info("db_connected", server_version=server_version(conn), purpose=purpose,
-                   target=f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
-    return conn
-
-
-@contextmanager
-def locked(settings: Settings) -> Iterator[Connection]:
-    """A work connection, used while a dedicated connection holds the advisory lock.
-
-    The work connection opens only once the lock is held: fifty waiting runners then cost
-    fifty connections, not a hundred.
-    """
-    lock_conn = open_connection(settings, "lock")
-    lock = AdvisoryLock(lock_conn, settings.schema)
-    try:
-        lock.acquire(settings.lock_timeout)
-        with open_connection(settings, "work") as work:
-            yield work
-    finally:
-        lock.release()
-        lock_conn.close()
-
-
-@dataclass
-class State:
-    migrations: list[files.Migration]
-    comparison: Comparison
-
-
-def read_state(conn: Connection, tables: Tables, migrations: list[files.Migration],
-               settings: Settings, to: int | None = None) -> State:
-    """History against the files; a ValidationError for anything SPEC §3 refuses."""
-    applied = tables.read(conn) if tables.exist(conn) else {}
-    comparison = compare(migrations, applied)
-    problems = comparison.problems(settings.strict, settings.allow_out_of_order)
-    if problems:
-        raise ValidationError(problems)
-    if comparison.missing:
-        log.get().warning("database_ahead", versions=[a.version for a in comparison.missing],
-                          message="applied versions have no file here (a newer image ran); "
-                                  "nothing to do for them")
-    if to is not None:
-        comparison.pending = [m for m in comparison.pending if m.version <= to]
-    return State(migrations, comparison)
 
 
 def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) -> int:
