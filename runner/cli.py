@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(settings, args)
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        log.get().warning("interrupted", signal=name, exit_code=exc.exit_code)
+        log.get().error("interrupted", signal=name, exit_code=exc.exit_code)
         write_termination(f"interrupted by {name}")
         return exc.exit_code
     except RunnerError as exc:

@@ -21,6 +21,11 @@ from runner.database import Connection, backend_pid
 from runner.errors import ConfigError, LockTimeoutError
 
 REPORT_EVERY_S = 10.0
+POOLER_MESSAGE = (
+    "the database session changes between transactions: a transaction-pooling proxy "
+    "(PgBouncer pool_mode=transaction) stands between the runner and PostgreSQL, and a "
+    "session lock guards nothing there; point DATABASE_URL at PostgreSQL directly or at a "
+    "session-mode pool")
 _MAX_POLL_S = 1.0
 
 _HOLDER = """
@@ -97,10 +102,7 @@ class AdvisoryLock:
         and a session lock then guards nothing."""
         row = self.conn.execute(_HELD_BY_ME, _halves(self.key)).fetchone()
         if row is None or row[0] != pid or not row[1]:
-            raise ConfigError(
-                "the advisory lock is not held by this session: a transaction-pooling proxy "
-                "(PgBouncer pool_mode=transaction) stands between the runner and PostgreSQL; "
-                "point DATABASE_URL at PostgreSQL directly or at a session-mode pool")
+            raise ConfigError(POOLER_MESSAGE)
 
     def release(self) -> None:
         """Never raises: it runs on every exit path, including after a lost connection."""

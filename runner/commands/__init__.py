@@ -7,10 +7,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from runner import files, log
-from runner.database import Connection, connect, server_version
-from runner.errors import ValidationError
+from runner.database import Connection, backend_pid, connect, server_version
+from runner.errors import ConfigError, ValidationError
 from runner.history import Comparison, Tables, compare
-from runner.lock import AdvisoryLock
+from runner.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
 
 
@@ -34,6 +34,9 @@ def locked(settings: Settings) -> Iterator[Connection]:
     try:
         lock.acquire(settings.lock_timeout)
         with open_connection(settings, "work") as work:
+            if backend_pid(work) == backend_pid(lock_conn):
+                # Two client connections on one backend: only a pooler does that.
+                raise ConfigError(POOLER_MESSAGE)
             yield work
     finally:
         lock.release()

@@ -10,6 +10,7 @@ from runner.commands import locked, open_connection, read_state
 from runner.database import backend_pid
 from runner.errors import ConfigError, ValidationError
 from runner.history import Tables
+from runner.lock import POOLER_MESSAGE
 from runner.settings import Settings
 
 
@@ -33,8 +34,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         pending = state.comparison.pending
         plans = statements.plan(pending)
         if backend_pid(conn) != pid:
-            raise ConfigError("the database session changed between transactions: a "
-                              "transaction-pooling proxy is in the way; connect directly")
+            raise ConfigError(POOLER_MESSAGE)
         applier = Applier(conn, tables, settings)
         for plan in plans:
             applier.apply(plan)
