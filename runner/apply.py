@@ -1,15 +1,16 @@
-"""Applying one migration (SPEC §3).
+"""Applying one migration, or its rollback file (SPEC §3, §4).
 
 Transactional: BEGIN; SET LOCAL timeouts; the statements; history and audit rows; COMMIT,
 retried when it lost a lock race (55P03) or a deadlock (40P01). No-transaction: a `failed`
-history row first, the statements one by one, then `applied`; a crash part-way leaves the
-`failed` row for an operator.
+history row first, the statements one by one, then `applied` (or, for a rollback, the row
+deleted); a crash part-way leaves the `failed` row for an operator.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import psycopg
@@ -23,6 +24,23 @@ from runner.settings import Settings
 from runner.statements import Plan, Statement, line_col
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
+
+
+@dataclass(frozen=True)
+class Direction:
+    audit: str  # migration_audit.direction
+    started: str  # event names
+    done: str
+    partial: str  # what the operator does after a no-transaction file stopped part-way
+
+
+UP = Direction("up", "migration_started", "migration_applied",
+               "no-transaction migration stopped part-way: fix the database by hand, then "
+               "run `migration-runner repair --failed`")
+DOWN = Direction("down", "rollback_started", "rollback_applied",
+                 "no-transaction rollback stopped part-way: finish undoing it by hand, then "
+                 "run `migration-runner repair --failed` (the migration then counts as not "
+                 "applied)")
 
 
 def _ms(started: float) -> int:
@@ -55,11 +73,30 @@ class Applier:
 
     def apply(self, plan: Plan) -> int:
         """Apply one migration; its duration in ms. Raises MigrationError or Interrupted."""
-        self.log.info("migration_started", **as_fields(plan.migration),
+        return self._run(plan, UP)
+
+    def revert(self, plan: Plan) -> int:
+        """Run a rollback file (a plan of `files.read_rollback`): its statements, then the
+        history row deleted and an audit row `down`, in the same transaction."""
+        return self._run(plan, DOWN)
+
+    def _run(self, plan: Plan, way: Direction) -> int:
+        self.log.info(way.started, **as_fields(plan.migration),
                       transactional=plan.transactional, statements=len(plan.statements))
-        ms = self._transactional(plan) if plan.transactional else self._no_transaction(plan)
-        self.log.info("migration_applied", **as_fields(plan.migration), duration_ms=ms)
+        if plan.transactional:
+            ms = self._transactional(plan, way)
+        else:
+            ms = self._no_transaction(plan, way)
+        self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
+
+    def _record(self, plan: Plan, way: Direction, ms: int) -> None:
+        m = plan.migration
+        if way is UP:
+            self.tables.record_applied(self.conn, m, ms)
+        else:
+            self.tables.delete(self.conn, m.version)
+        self.tables.audit_row(self.conn, m, way.audit, ms, True)
 
     def _set_local(self) -> None:
         parts = []
@@ -72,7 +109,7 @@ class Applier:
         if parts:
             self.conn.execute(sql.SQL("; ").join(parts))
 
-    def _transactional(self, plan: Plan) -> int:
+    def _transactional(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
         attempt = 0
         while True:
@@ -86,28 +123,31 @@ class Applier:
                         self.conn.execute(current.sql)
                     current = None
                     ms = _ms(started)
-                    self.tables.record_applied(self.conn, m, ms)
-                    self.tables.audit_row(self.conn, m, "up", ms, True)
+                    self._record(plan, way, ms)
                 return ms
             except psycopg.Error as exc:
                 error = sql_error(plan, current, exc)
-                self._audit_failure(plan, _ms(started), error["message"])
+                self._audit_failure(plan, way, _ms(started), error["message"])
                 if exc.sqlstate in RETRYABLE and attempt <= self.settings.ddl_lock_retries:
                     delay = min(0.5 * 2 ** (attempt - 1), 15.0) * random.uniform(0.5, 1.5)
                     self.log.warning("migration_lock_retry", **as_fields(m), attempt=attempt,
                                      retries=self.settings.ddl_lock_retries,
                                      delay_s=round(delay, 3), sqlstate=exc.sqlstate,
-                                     reason=RETRYABLE[exc.sqlstate])
+                                     reason=RETRYABLE[exc.sqlstate], direction=way.audit)
                     time.sleep(delay)
                     continue
-                self._fail(error, attempts=attempt)
+                self._fail(error, way, attempts=attempt)
             except Interrupted as exc:
-                self._audit_failure(plan, _ms(started), f"interrupted by signal {exc.signum}")
+                self._audit_failure(plan, way, _ms(started),
+                                    f"interrupted by signal {exc.signum}")
                 raise
 
-    def _no_transaction(self, plan: Plan) -> int:
+    def _no_transaction(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
-        self.tables.mark_started(self.conn, m)
+        if way is UP:
+            self.tables.mark_started(self.conn, m)
+        else:
+            self.tables.mark_failed(self.conn, m.version)
         started = time.monotonic()
         current: Statement | None = None
         try:
@@ -120,30 +160,30 @@ class Applier:
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
             error = sql_error(plan, current, exc)
-            self._audit_failure(plan, _ms(started), error["message"])
-            self._fail(error, partial=True)
+            self._audit_failure(plan, way, _ms(started), error["message"])
+            self._fail(error, way, partial=True)
         except Interrupted as exc:
-            self._audit_failure(plan, _ms(started), f"interrupted by signal {exc.signum}")
+            self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
         ms = _ms(started)
         with self.conn.transaction():
-            self.tables.record_applied(self.conn, m, ms)
-            self.tables.audit_row(self.conn, m, "up", ms, True)
+            self._record(plan, way, ms)
         return ms
 
-    def _audit_failure(self, plan: Plan, ms: int, message: str) -> None:
+    def _audit_failure(self, plan: Plan, way: Direction, ms: int, message: str) -> None:
         """Written after the rollback, in its own transaction, so it survives."""
         try:
-            self.tables.audit_row(self.conn, plan.migration, "up", ms, False, message)
+            self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False, message)
         except psycopg.Error as exc:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
 
-    def _fail(self, error: dict[str, Any], **extra: Any) -> NoReturn:
-        self.log.error("migration_failed", **error, **extra)
+    def _fail(self, error: dict[str, Any], way: Direction, **extra: Any) -> NoReturn:
+        # `migration_failed` for a rollback file too (direction: down): an alert on that
+        # event must not miss a failed rollback.
+        self.log.error("migration_failed", **error, direction=way.audit, **extra)
         where = f"{error['file']}:{error['line']}:{error['column']}"
         text = f"{where}: {error['message']} (SQLSTATE {error['sqlstate']})"
         if extra.get("partial"):
-            text += ("; no-transaction migration stopped part-way: fix the database by hand, "
-                     "then run `migration-runner repair --failed`")
+            text += "; " + way.partial
         raise MigrationError(text, **error)

@@ -11,9 +11,17 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from runner import __version__, log
+from runner import __version__, log, metrics, notify
+from runner.commands import baseline as baseline_cmd
 from runner.commands import migrate as migrate_cmd
+from runner.commands import new as new_cmd
+from runner.commands import repair as repair_cmd
+from runner.commands import rollback as rollback_cmd
+from runner.commands import status as status_cmd
+from runner.commands import validate as validate_cmd
+from runner.commands import verify as verify_cmd
 from runner.errors import CONFIG, ConfigError, Interrupted, RunnerError
+from runner.history import client_host
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -32,12 +40,48 @@ def _version(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a version number, got {value!r}") from None
 
 
+def _steps(value: str) -> int:
+    try:
+        steps = int(value)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {value!r}")
+    return steps
+
+
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return migrate_cmd.migrate(settings, to=args.to, dry_run=args.dry_run)
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
-    return migrate_cmd.validate_offline(settings)
+    return validate_cmd.validate(settings, offline=args.offline)
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    return status_cmd.status(settings, as_json=args.json)
+
+
+def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    return rollback_cmd.rollback(settings, steps=args.steps, to=args.to)
+
+
+def _baseline(settings: Settings, args: argparse.Namespace) -> int:
+    return baseline_cmd.baseline(settings, to=args.to)
+
+
+def _repair(settings: Settings, args: argparse.Namespace) -> int:
+    return repair_cmd.repair(settings, failed=args.failed,
+                             accept_checksums=args.accept_checksums)
+
+
+def _new(settings: Settings, args: argparse.Namespace) -> int:
+    return new_cmd.new(settings, args.description, number=args.number)
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    return verify_cmd.verify(settings, args.schema_name or [], write=args.write,
+                             expect=args.expect)
 
 
 def build_parser() -> Parser:
@@ -58,14 +102,46 @@ def build_parser() -> Parser:
     p.add_argument("--to", type=_version, metavar="V", help="stop after version V")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan on stdout and change nothing")
-    p = command("validate", _validate, "check the migration files")
+    p = command("validate", _validate, "check every file, forward and rollback, and (unless "
+                "--offline) the history; report every problem, exit 5 on any")
     p.add_argument("--offline", action="store_true", help="no database: file checks only")
+    p = command("status", _status, "show every migration and its state (read-only: no lock, "
+                "creates nothing)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p = command("rollback", _rollback, "run rollback files, newest first, under the lock")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--steps", type=_steps, metavar="N",
+                       help="roll back the N newest applied migrations (default 1)")
+    which.add_argument("--to", type=_version, metavar="V",
+                       help="roll back everything newer than V (V stays applied; 0: all)")
+    p = command("baseline", _baseline, "record every migration up to V as applied without "
+                "running it (adopt a database built before the runner)")
+    p.add_argument("--to", type=_version, metavar="V", required=True,
+                   help="the version the database already has")
+    p = command("repair", _repair, "clear failed rows and/or accept changed checksums, "
+                "each change audited")
+    p.add_argument("--failed", action="store_true",
+                   help="delete `failed` history rows (after fixing the database by hand)")
+    p.add_argument("--accept-checksums", action="store_true",
+                   help="store the current checksums of applied files that changed")
+    p = command("new", _new, "write the next NNN_description.sql and its rollback file")
+    p.add_argument("description", metavar="DESCRIPTION",
+                   help="letters, digits, _ and -, e.g. add_study_notes")
+    p.add_argument("--number", type=_version, metavar="V",
+                   help="use version V instead of the next one")
+    p = command("verify", _verify, "report the schema as JSON, or compare it with a snapshot "
+                "(exit 5 on drift)")
+    p.add_argument("--schema-name", action="append", metavar="NAME",
+                   help="a schema to report (repeatable; default: every non-system schema)")
+    p.add_argument("--write", metavar="FILE", help="write the report to FILE (a snapshot)")
+    p.add_argument("--expect", metavar="FILE",
+                   help="compare with the snapshot in FILE; print the drift and exit 5")
     return parser
 
 
 def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
     flags = {s.flag for s in SPECS if s.flag}
-    flags |= {"--to", "--steps"}
+    flags |= {"--to", "--steps", "--number", "--schema-name", "--write", "--expect"}
     return {f for f in flags if f not in ("--strict", "--allow-out-of-order")}
 
 
@@ -111,37 +187,63 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _fail(code: int, message: str, /, **fields: Any) -> int:
+def _fail(code: int, message: str, /, **fields: Any) -> None:
     log.get().error("run_failed", exit_code=code, error=message, **fields)
     write_termination(message)
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     log.configure("console" if sys.stderr.isatty() else "json")
     _install_signal_handlers()
+    settings: Settings | None = None
+    command: str | None = None
+    fields: dict[str, Any] = {}
     try:
         parser = build_parser()
         args = parser.parse_args(with_default_command(argv, parser))
+        command = args.command
         settings = resolve(vars(args))
-        log.configure(settings.log_format, settings.log_level)
+        log.configure(settings.log_format, settings.log_level, watchers=[metrics.RECORDER])
         handler: Handler = args.handler
-        return handler(settings, args)
+        code, message = handler(settings, args), ""
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        log.get().error("interrupted", signal=name, exit_code=exc.exit_code)
-        write_termination(f"interrupted by {name}")
-        return exc.exit_code
+        code, message = exc.exit_code, f"interrupted by {name}"
+        log.get().error("interrupted", signal=name, exit_code=code)
+        write_termination(message)
     except RunnerError as exc:
-        return _fail(exc.exit_code, exc.message, **exc.fields)
+        code, message, fields = exc.exit_code, exc.message, exc.fields
+        _fail(code, message, **fields)
     except psycopg.Error as exc:
         # The connection dropped or a bookkeeping query failed outside a migration.
-        message = str(exc).strip() or exc.__class__.__name__
-        return _fail(1, f"database error: {message}", sqlstate=exc.sqlstate)
+        code = 1
+        message = f"database error: {str(exc).strip() or exc.__class__.__name__}"
+        fields = {"sqlstate": exc.sqlstate}
+        _fail(code, message, **fields)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else CONFIG
     except Exception as exc:  # a bug: still a clear exit and termination message
+        code, message = 1, f"internal error: {exc!r}"
         log.get().exception("run_failed", exit_code=1, error=repr(exc))
-        write_termination(f"internal error: {exc!r}")
-        return 1
+        write_termination(message)
+    _report(settings, command, code, message, fields)
+    return code
+
+
+def _report(settings: Settings | None, command: str | None, code: int, message: str,
+            fields: dict[str, Any]) -> None:
+    """Metrics of a migrate run, and the failure webhook of any command; neither can change
+    the exit code."""
+    host = client_host()
+    if settings is not None and command == "migrate":
+        metrics.publish(settings.pushgateway_url, settings.pushgateway_job,
+                        settings.metrics_file, code, host)
+    if code == 0:
+        return
+    # Settings that failed to parse still get their webhook, with the default timeout.
+    url = settings.webhook_url if settings else os.environ.get("MIGRATE_WEBHOOK_URL")
+    if url:
+        timeout = settings.webhook_timeout if settings else 5.0
+        body = notify.failure_body(code, message, fields, host, metrics.RECORDER.database)
+        notify.send(url, body, timeout)

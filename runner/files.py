@@ -121,6 +121,22 @@ def read_folder(folder: Path) -> Folder:
     return Folder(migrations, problems)
 
 
+def split_name(name: str) -> tuple[str, str, str] | None:
+    """(version as written, description, kind: "", "_rollback", ".up" or ".down"), or None
+    when the name is not a migration file's."""
+    match = _NAME.fullmatch(name)
+    return (match["version"], match["desc"], match["kind"] or "") if match else None
+
+
+def read_rollback(m: Migration) -> Migration:
+    """The rollback file of `m` as a Migration of the same version, for the lexer and the
+    applier: its own file name, text and checksum. ValueError/OSError when unreadable."""
+    if m.rollback is None:
+        raise ValueError(f"{m.file}: has no rollback file")
+    text = decode(m.rollback, m.rollback.read_bytes())
+    return Migration(m.version, m.description, m.rollback.name, m.rollback, text, checksum(text))
+
+
 def load(folder: Path) -> list[Migration]:
     """The forward migrations, or a ValidationError naming every bad file."""
     result = read_folder(folder)

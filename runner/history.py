@@ -91,6 +91,11 @@ class Tables:
             if not has_audit:
                 conn.execute(sql.SQL(_AUDIT_DDL).format(audit=self.audit))
 
+    def read_if_exists(self, conn: Connection) -> dict[int, Applied]:
+        """The history, or none before the first `migrate` created the tables. Reads only,
+        so read-only commands work for a role that may just SELECT these tables."""
+        return self.read(conn) if self.exist(conn) else {}
+
     def read(self, conn: Connection) -> dict[int, Applied]:
         rows = conn.execute(sql.SQL(
             "SELECT version, description, checksum, applied_at, execution_time_ms, status "
@@ -113,6 +118,15 @@ class Tables:
             "INSERT INTO {} (version, description, checksum, status) "
             "VALUES (%s, %s, %s, 'failed')").format(self.history),
             (m.version, m.description, m.checksum))
+
+    def mark_failed(self, conn: Connection, version: int) -> None:
+        """A no-transaction rollback is `failed` until it completes, like a forward one."""
+        conn.execute(sql.SQL("UPDATE {} SET status = 'failed' WHERE version = %s").format(
+            self.history), (version,))
+
+    def set_checksum(self, conn: Connection, version: int, checksum: str) -> None:
+        conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(
+            self.history), (checksum, version))
 
     def delete(self, conn: Connection, version: int) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.history),

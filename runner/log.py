@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -16,10 +18,22 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
-def configure(fmt: str = "json", level: str = "info") -> None:
+# One id per process, on every event, so a log pipeline can group a run's lines.
+RUN_ID = uuid.uuid4().hex[:16]
+
+
+def _add_run_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["run_id"] = RUN_ID
+    return event
+
+
+def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = ()) -> None:
+    """`watchers` are processors that see every event before it is rendered (metrics)."""
     processors: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_run_id,
+        *watchers,
     ]
     if fmt == "console":
         colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")

@@ -110,6 +110,16 @@ SPECS = [
          "json or console (default: console on a TTY, else json)"),
     Spec("log_level", "MIGRATE_LOG_LEVEL", "--log-level",
          parse_choice("debug", "info", "warning", "error"), "info", "debug, info, warning, error"),
+    Spec("pushgateway_url", "MIGRATE_PUSHGATEWAY_URL", "--pushgateway-url", str, None,
+         "push metrics to this Prometheus Pushgateway at exit"),
+    Spec("pushgateway_job", "MIGRATE_PUSHGATEWAY_JOB", "--pushgateway-job", str,
+         "migration-runner", "the Pushgateway job label"),
+    Spec("metrics_file", "MIGRATE_METRICS_FILE", "--metrics-file", str, None,
+         "write metrics here at exit (node-exporter textfile collector)"),
+    Spec("webhook_url", "MIGRATE_WEBHOOK_URL", "--webhook-url", str, None,
+         "POST a Slack-compatible JSON message here on failure"),
+    Spec("webhook_timeout", "MIGRATE_WEBHOOK_TIMEOUT", "--webhook-timeout", parse_duration, 5.0,
+         "how long the failure webhook may take"),
 ]
 _BOOL_FLAGS = {"allow_out_of_order", "strict"}
 
@@ -131,6 +141,11 @@ class Settings:
     strict: bool
     log_format: str
     log_level: str
+    pushgateway_url: str | None
+    pushgateway_job: str
+    metrics_file: str | None
+    webhook_url: str | None
+    webhook_timeout: float
 
     @property
     def migrations_path(self) -> Path:

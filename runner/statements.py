@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import ValidationError
-from runner.files import Migration
+from runner.files import Migration, read_rollback
 
 DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
 _NEEDS_NEW_FILE = "; move it to its own file whose first line is `-- migrate:no-transaction`"
@@ -127,15 +127,43 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     return Plan(m, transactional, statements), problems
 
 
-def plan(migrations: list[Migration]) -> list[Plan]:
-    """Lex every file; a ValidationError lists every problem of every file."""
+def lex(migrations: list[Migration]) -> tuple[list[Plan], list[str]]:
+    """Lex every file: the plans of the good ones and every problem of every file."""
     plans: list[Plan] = []
     problems: list[str] = []
     for m in migrations:
         result, found = _lex(m)
         problems.extend(found)
-        if result is not None:
+        if result is not None and not found:
             plans.append(result)
+    return plans, problems
+
+
+def plan(migrations: list[Migration]) -> list[Plan]:
+    """Lex every file; a ValidationError lists every problem of every file."""
+    plans, problems = lex(migrations)
     if problems:
         raise ValidationError(problems)
     return plans
+
+
+def lex_rollbacks(migrations: list[Migration]) -> tuple[list[Plan], list[str]]:
+    """The rollback plans of `migrations`, in the order given. A missing or unreadable
+    rollback file is a problem like a bad statement: a rollback must know it can run every
+    file before it runs the first (the same rules as forward files: BEGIN/COMMIT wrapper
+    dropped, `-- migrate:no-transaction` honoured)."""
+    readable: list[Migration] = []
+    problems: list[str] = []
+    for m in migrations:
+        if m.rollback is None:
+            problems.append(f"{m.file}: no rollback file (expected {m.name}_rollback.sql); "
+                            "write one, or undo this migration by hand")
+            continue
+        try:
+            readable.append(read_rollback(m))
+        except ValueError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{m.rollback.name}: cannot be read: {exc.strerror}")
+    plans, found = lex(readable)
+    return plans, problems + found

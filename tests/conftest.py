@@ -196,6 +196,6 @@ def password_cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def cluster_with_password(password_cluster: Cluster) -> tuple[str, str]:
     """(URL of role `app` with its password, the password)."""
-    with password_cluster.connect() as conn:
-        conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
+    with password_cluster.connect("app") as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public AUTHORIZATION app")
     return password_cluster.url("app", user="app"), PASSWORD

@@ -23,6 +23,15 @@ def open_connection(settings: Settings, purpose: str) -> Connection:
 
 
 @contextmanager
+def read_only(settings: Settings, purpose: str) -> Iterator[Connection]:
+    """A connection for commands that only look (status, validate, --dry-run): no lock, and
+    every transaction read-only, so nothing here can change the database."""
+    with open_connection(settings, purpose) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        yield conn
+
+
+@contextmanager
 def locked(settings: Settings) -> Iterator[Connection]:
     """A work connection, used while a dedicated connection holds the advisory lock.
 
@@ -52,7 +61,7 @@ class State:
 def read_state(conn: Connection, tables: Tables, migrations: list[files.Migration],
                settings: Settings, to: int | None = None) -> State:
     """History against the files; a ValidationError for anything SPEC §3 refuses."""
-    applied = tables.read(conn) if tables.exist(conn) else {}
+    applied = tables.read_if_exists(conn)
     comparison = compare(migrations, applied)
     problems = comparison.problems(settings.strict, settings.allow_out_of_order)
     if problems:
@@ -64,3 +73,10 @@ def read_state(conn: Connection, tables: Tables, migrations: list[files.Migratio
     if to is not None:
         comparison.pending = [m for m in comparison.pending if m.version <= to]
     return State(migrations, comparison)
+
+
+def check_same_session(conn: Connection, pid: int) -> None:
+    """Behind a transaction-pooling proxy each transaction may land on another backend,
+    where the lock held by our session guards nothing: refuse before changing anything."""
+    if backend_pid(conn) != pid:
+        raise ConfigError(POOLER_MESSAGE)

@@ -6,11 +6,9 @@ import time
 
 from runner import files, log, statements
 from runner.apply import Applier
-from runner.commands import locked, open_connection, read_state
+from runner.commands import check_same_session, locked, read_only, read_state
 from runner.database import backend_pid
-from runner.errors import ConfigError, ValidationError
 from runner.history import Tables
-from runner.lock import POOLER_MESSAGE
 from runner.settings import Settings
 
 
@@ -23,7 +21,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
     migrations = files.load(settings.migrations_path)
     tables = Tables(settings.schema)
     if dry_run:
-        with open_connection(settings, "dry-run") as conn:
+        with read_only(settings, "dry-run") as conn:
             state = read_state(conn, tables, migrations, settings, to)
         print_plan(statements.plan(state.comparison.pending))
         return 0
@@ -33,8 +31,9 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         state = read_state(conn, tables, migrations, settings, to)
         pending = state.comparison.pending
         plans = statements.plan(pending)
-        if backend_pid(conn) != pid:
-            raise ConfigError(POOLER_MESSAGE)
+        check_same_session(conn, pid)
+        log.get().info("migrations_pending", count=len(plans),
+                       versions=[p.migration.version for p in plans])
         applier = Applier(conn, tables, settings)
         for plan in plans:
             applier.apply(plan)
@@ -51,17 +50,3 @@ def print_plan(plans: list[statements.Plan]) -> None:
     for p in plans:
         mode = "transaction" if p.transactional else "no-transaction"
         print(f"{p.migration.file:<{width}}  {mode:<14}  {len(p.statements)} statements")
-
-
-def validate_offline(settings: Settings) -> int:
-    """Every file check, no database: names, encoding, and the lexer on every file."""
-    folder = files.read_folder(settings.migrations_path)
-    problems = list(folder.problems)
-    try:
-        statements.plan(folder.migrations)
-    except ValidationError as exc:
-        problems += exc.problems
-    if problems:
-        raise ValidationError(problems)
-    log.get().info("validation_passed", files=len(folder.migrations))
-    return 0

@@ -1,0 +1,45 @@
+"""`baseline --to V`: adopt a database built before the runner (SPEC §4).
+
+The old psql init containers left the PACS schema without any history. Baseline records
+every local migration up to V as applied, without running it, so `migrate` applies only
+what is newer. Refused on a database with any history: there it would hide real state.
+"""
+
+from __future__ import annotations
+
+from runner import files, log
+from runner.commands import check_same_session, locked
+from runner.database import backend_pid
+from runner.errors import ValidationError
+from runner.history import Tables, as_fields
+from runner.settings import Settings
+
+
+def baseline(settings: Settings, to: int) -> int:
+    logger = log.get()
+    migrations = files.load(settings.migrations_path)
+    if to not in {m.version for m in migrations}:
+        # An exact version only: a typo such as 30 for 3 would adopt files never run.
+        raise ValidationError([f"baseline refused: no migration file has version {to}; "
+                               "give the version of the last file the database already has"])
+    chosen = [m for m in migrations if m.version <= to]
+    tables = Tables(settings.schema)
+    with locked(settings) as conn:
+        pid = backend_pid(conn)
+        tables.ensure(conn)
+        applied = tables.read(conn)
+        if applied:
+            raise ValidationError([
+                f"baseline refused: migration_history already has {len(applied)} rows "
+                f"(newest version {max(applied)}); baseline is only for a database the "
+                "runner has never migrated. Use `status` to see its state"])
+        check_same_session(conn, pid)
+        with conn.transaction():
+            for m in chosen:
+                tables.record_applied(conn, m, 0)
+                tables.audit_row(conn, m, "baseline", 0, True)
+        for m in chosen:
+            logger.info("migration_baselined", **as_fields(m))
+        logger.info("baseline_complete", recorded=len(chosen), to=to,
+                    pending=len(migrations) - len(chosen))
+    return 0

@@ -1,0 +1,57 @@
+"""`repair --failed | --accept-checksums`: clear what blocks `migrate`, after a person
+has looked (SPEC §4).
+
+--failed deletes `failed` rows: the operator fixed the database by hand, and the file
+runs again on the next `migrate`. --accept-checksums stores the files' current checksums
+for applied files that changed (a reviewed comment or whitespace edit). Every change gets
+an audit row `repair`; all of them commit together, under the lock.
+"""
+
+from __future__ import annotations
+
+from runner import files, log
+from runner.commands import check_same_session, locked
+from runner.database import backend_pid
+from runner.errors import ConfigError, ValidationError
+from runner.history import Tables, as_fields
+from runner.settings import Settings
+
+
+def repair(settings: Settings, failed: bool, accept_checksums: bool) -> int:
+    if not (failed or accept_checksums):
+        raise ConfigError("repair: say what to repair: --failed, --accept-checksums or both "
+                          "(see --help)")
+    logger = log.get()
+    folder = files.read_folder(settings.migrations_path)
+    # Checksums must come from a folder that passes the file checks; --failed must work
+    # even in one that does not (the files only name the rows in the log).
+    if accept_checksums and folder.problems:
+        raise ValidationError(folder.problems)
+    by_version = {m.version: m for m in folder.migrations}
+    tables = Tables(settings.schema)
+    with locked(settings) as conn:
+        pid = backend_pid(conn)
+        applied = tables.read_if_exists(conn)
+        clear = [a for a in applied.values() if failed and a.status == "failed"]
+        accept = [(by_version[v], a) for v, a in applied.items()
+                  if accept_checksums and v in by_version and a.status == "applied"
+                  and a.checksum != by_version[v].checksum]
+        check_same_session(conn, pid)
+        with conn.transaction():
+            for a in clear:
+                tables.delete(conn, a.version)
+                tables.audit_row(conn, a, "repair", 0, True)
+            for m, _ in accept:
+                tables.set_checksum(conn, m.version, m.checksum)
+                tables.audit_row(conn, m, "repair", 0, True)
+        for a in clear:
+            local = by_version.get(a.version)
+            logger.info("failed_row_cleared", version=a.version,
+                        name=local.name if local else f"{a.version}_{a.description}",
+                        file=local.file if local else None, checksum=a.checksum)
+        for m, a in accept:
+            logger.info("checksum_accepted", **as_fields(m), old_checksum=a.checksum,
+                        new_checksum=m.checksum)
+        logger.info("repair_complete", failed_cleared=len(clear),
+                    checksums_accepted=len(accept))
+    return 0

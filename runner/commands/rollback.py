@@ -1,0 +1,79 @@
+"""`rollback --steps N | --to V`: run rollback files, newest first (SPEC §4).
+
+Under the same advisory lock as `migrate`, so a rollback never races a rollout. Every
+rollback file needed is read and lexed before the first one runs: a rollback that stops
+at a missing file half-way leaves the database between two versions no image matches.
+Each file runs in its own transaction with its history row deleted and an audit row
+`down`; a no-transaction rollback file runs like a no-transaction migration.
+"""
+
+from __future__ import annotations
+
+import time
+
+from runner import files, log, statements
+from runner.apply import Applier
+from runner.commands import check_same_session, locked
+from runner.database import backend_pid
+from runner.errors import ValidationError
+from runner.history import Applied, Tables
+from runner.settings import Settings
+
+
+def targets(applied: dict[int, Applied], steps: int | None, to: int | None) -> list[Applied]:
+    """The history rows to roll back, newest first."""
+    newest_first = sorted(applied.values(), key=lambda a: a.version, reverse=True)
+    if to is not None:
+        if to != 0 and to not in applied:
+            # Probably a typo; guessing could roll back far more than meant.
+            raise ValidationError([f"version {to} is not applied; --to takes an applied "
+                                   "version (it stays applied), or 0 to roll back everything"])
+        return [a for a in newest_first if a.version > to]
+    return newest_first[: steps if steps is not None else 1]
+
+
+def check(chosen: list[Applied], applied: dict[int, Applied],
+          migrations: list[files.Migration]) -> list[statements.Plan]:
+    """The rollback plans, in order; a ValidationError naming every reason not to start."""
+    by_version = {m.version: m for m in migrations}
+    problems = [f"{a.version}_{a.description}: failed part-way (no-transaction migration); "
+                "fix the database by hand and run `migration-runner repair --failed` first"
+                for a in applied.values() if a.status == "failed"]
+    needed: list[files.Migration] = []
+    for a in chosen:
+        m = by_version.get(a.version)
+        if m is None:
+            problems.append(f"{a.version}_{a.description}: applied, but neither it nor its "
+                            "rollback file is in this folder; use the image that applied it")
+        elif m.checksum != a.checksum:
+            problems.append(f"{m.file}: changed after it was applied, so its rollback may "
+                            "not match what ran; restore the file, or run `migration-runner "
+                            "repair --accept-checksums` if the edit is intended")
+        else:
+            needed.append(m)
+    plans, found = statements.lex_rollbacks(needed)
+    problems += found
+    if problems:
+        raise ValidationError(problems)
+    return plans
+
+
+def rollback(settings: Settings, steps: int | None = None, to: int | None = None) -> int:
+    logger = log.get()
+    started = time.monotonic()
+    migrations = files.load(settings.migrations_path)
+    tables = Tables(settings.schema)
+    with locked(settings) as conn:
+        pid = backend_pid(conn)
+        applied = tables.read_if_exists(conn)
+        chosen = targets(applied, steps, to)
+        plans = check(chosen, applied, migrations)
+        check_same_session(conn, pid)
+        applier = Applier(conn, tables, settings)
+        for plan in plans:
+            applier.revert(plan)
+        undone = {p.migration.version for p in plans}
+        remaining = max((v for v in applied if v not in undone), default=None)
+        logger.info("rollback_complete", rolled_back=len(plans), now_at=remaining,
+                    duration_ms=round((time.monotonic() - started) * 1000))
+    return 0

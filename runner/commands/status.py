@@ -1,0 +1,116 @@
+"""`status`: every migration and its state, as a table or one JSON document (SPEC §4).
+
+Read-only: no lock, nothing created (a database the runner never touched shows every
+file pending), only SELECTs on the bookkeeping tables. It reports what it found and exits
+0, even when some rows need an operator: deciding is `migrate`'s and `validate`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from runner import files, log
+from runner.commands import read_only
+from runner.history import Applied, Tables
+from runner.settings import Settings
+
+STATES = ("applied", "pending", "failed", "changed", "missing", "out_of_order")
+# Red for what blocks `migrate`, yellow for what it will do or may refuse, green for done.
+_COLORS = {"applied": "32", "pending": "33", "failed": "31", "changed": "31",
+           "missing": "35", "out_of_order": "33"}
+
+
+@dataclass(frozen=True)
+class Row:
+    version: int
+    name: str
+    file: str | None  # None: applied here, but no file in this folder (missing)
+    state: str
+    checksum: str  # the file's; the recorded one when there is no file
+    applied_checksum: str | None
+    applied_at: str | None  # ISO 8601, UTC
+    execution_time_ms: int | None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def classify(migrations: list[files.Migration], applied: dict[int, Applied]) -> list[Row]:
+    """One row per version, files and history together, by version."""
+    newest = max(applied, default=None)
+    rows: list[Row] = []
+    for m in migrations:
+        a = applied.get(m.version)
+        if a is None:
+            older = newest is not None and m.version < newest
+            rows.append(Row(m.version, m.name, m.file, "out_of_order" if older else "pending",
+                            m.checksum, None, None, None))
+            continue
+        state = ("failed" if a.status == "failed"
+                 else "changed" if a.checksum != m.checksum else "applied")
+        rows.append(Row(m.version, m.name, m.file, state, m.checksum, a.checksum,
+                        _iso(a.applied_at), a.execution_time_ms))
+    local = {m.version for m in migrations}
+    for a in applied.values():
+        if a.version not in local:
+            # A failed row needs the operator whether or not its file is here.
+            state = "failed" if a.status == "failed" else "missing"
+            rows.append(Row(a.version, f"{a.version}_{a.description}", None, state,
+                            a.checksum, a.checksum, _iso(a.applied_at), a.execution_time_ms))
+    return sorted(rows, key=lambda r: r.version)
+
+
+def summary(rows: list[Row]) -> dict[str, int]:
+    """Every state, zeros included, so `jq .summary.failed` never yields null."""
+    return {state: sum(1 for r in rows if r.state == state) for state in STATES}
+
+
+def document(rows: list[Row]) -> dict[str, Any]:
+    return {"migrations": [asdict(r) for r in rows], "summary": summary(rows)}
+
+
+def use_color(stream: TextIO) -> bool:
+    """Colour for a person at a terminal only; NO_COLOR (no-color.org) switches it off."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def table(rows: list[Row], color: bool) -> str:
+    header = ("VERSION", "NAME", "STATE", "APPLIED AT", "DURATION")
+    cells = [(str(r.version), r.name, r.state,
+              r.applied_at[:19].replace("T", " ") + "Z" if r.applied_at else "-",
+              f"{r.execution_time_ms} ms" if r.execution_time_ms is not None else "-")
+             for r in rows]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    lines = []
+    for i, cell in enumerate([header, *cells]):
+        padded = [cell[0].rjust(widths[0])] + [c.ljust(w) for c, w in zip(cell[1:], widths[1:],
+                                                                         strict=True)]
+        if color and i > 0:  # pad first: escape codes have no width on screen
+            padded[2] = f"\x1b[{_COLORS[cell[2]]}m{padded[2]}\x1b[0m"
+        lines.append("  ".join(padded).rstrip())
+    counts = ", ".join(f"{n} {state}" for state, n in summary(rows).items() if n)
+    lines.append("")
+    lines.append(counts or "no migrations")
+    return "\n".join(lines)
+
+
+def status(settings: Settings, as_json: bool) -> int:
+    folder = files.read_folder(settings.migrations_path)
+    for problem in folder.problems:
+        # Shown, not fatal: the operator asked what the database looks like.
+        log.get().warning("file_problem", problem=problem)
+    with read_only(settings, "status") as conn:
+        applied = Tables(settings.schema).read_if_exists(conn)
+    rows = classify(folder.migrations, applied)
+    if as_json:
+        print(json.dumps(document(rows), indent=2))
+    else:
+        print(table(rows, use_color(sys.stdout)))
+    log.get().info("status_read", **summary(rows))
+    return 0

@@ -1,0 +1,49 @@
+"""`validate`: every check, on every file, every problem at once (SPEC §2, §4).
+
+Offline (a CI step on the migrations folder): names, encoding, pairs, and the lexer on
+every forward and rollback file. With a database, also the history checks `migrate` would
+make, read-only and without the lock. The result goes to stdout, one problem per line, so
+a CI log shows it plainly; the log gets the same list.
+"""
+
+from __future__ import annotations
+
+from runner import files, log, statements
+from runner.commands import read_only
+from runner.errors import ValidationError
+from runner.history import Tables, compare
+from runner.settings import Settings
+
+
+def file_problems(folder: files.Folder) -> list[str]:
+    problems = list(folder.problems)
+    problems += statements.lex(folder.migrations)[1]
+    with_rollback = [m for m in folder.migrations if m.rollback is not None]
+    problems += statements.lex_rollbacks(with_rollback)[1]
+    # A rollback file that is not UTF-8 is reported by read_folder and by its lexing.
+    return list(dict.fromkeys(problems))
+
+
+def validate(settings: Settings, offline: bool) -> int:
+    folder = files.read_folder(settings.migrations_path)
+    problems = file_problems(folder)
+    if not offline:
+        with read_only(settings, "validate") as conn:
+            applied = Tables(settings.schema).read_if_exists(conn)
+        comparison = compare(folder.migrations, applied)
+        problems += comparison.problems(settings.strict, settings.allow_out_of_order)
+        if comparison.missing and not comparison.pending and not settings.strict:
+            log.get().warning("database_ahead",
+                              versions=[a.version for a in comparison.missing],
+                              message="applied versions have no file here (a newer image "
+                                      "ran); --strict makes this an error")
+    if problems:
+        for problem in problems:
+            print(problem)
+        raise ValidationError(problems)
+    rollbacks = sum(1 for m in folder.migrations if m.rollback is not None)
+    print(f"ok: {len(folder.migrations)} migrations, {rollbacks} rollback files"
+          + ("" if offline else ", history consistent"))
+    log.get().info("validation_passed", files=len(folder.migrations), rollbacks=rollbacks,
+                   offline=offline)
+    return 0
