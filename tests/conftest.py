@@ -3,8 +3,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -112,44 +114,77 @@ def run(url: str | None, migrations: Path | None, *args: str, timeout: float = 1
 
 
 class Runner:
-    """A runner process in the background whose log is read line by line as it comes."""
+    """A runner process in the background whose log is read line by line as it comes.
+
+    Threads drain both pipes: select() on a buffered pipe misses lines already read into
+    the buffer, and an undrained pipe could block the process.
+    """
 
     def __init__(self, url: str | None, migrations: Path | None, *args: str, **env: str) -> None:
         self.proc = subprocess.Popen(runner_cmd(*args), env=runner_env(url, migrations, **env),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      cwd=ROOT)
+        self.start_readers()
+
+    def start_readers(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stdout: list[str] = []
+        stderr, stdout = self.proc.stderr, self.proc.stdout
+        assert stderr is not None and stdout is not None
+
+        def pump_stderr() -> None:
+            for line in stderr:
+                self._queue.put(line)
+            self._queue.put(None)
+
+        self._threads = [threading.Thread(target=pump_stderr, daemon=True),
+                         threading.Thread(target=lambda: self._stdout.append(stdout.read()),
+                                          daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _record(self, line: str) -> dict[str, Any] | None:
+        self.lines.append(line)
+        if not line.startswith("{"):
+            return None
+        event: dict[str, Any] = json.loads(line)
+        self.events.append(event)
+        return event
 
     def wait_for_event(self, name: str, timeout: float = 30) -> dict[str, Any]:
         """Read stderr until `name` is logged; the deadline guards a runner that never logs it."""
-        import selectors
-
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stderr, selectors.EVENT_READ)
         for e in self.events:
             if e.get("event") == name:
                 return e
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                continue
-            line = self.proc.stderr.readline()
-            if not line:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
                 break
-            self.lines.append(line)
-            if line.startswith("{"):
-                event = json.loads(line)
-                self.events.append(event)
-                if event.get("event") == name:
-                    return event
+            if line is None:
+                self._queue.put(None)  # keep the end visible to finish()
+                break
+            event = self._record(line)
+            if event is not None and event.get("event") == name:
+                return event
         raise AssertionError(f"no {name!r} event within {timeout}s:\n{''.join(self.lines)}")
 
     def finish(self, timeout: float = 60) -> Result:
-        out, err = self.proc.communicate(timeout=timeout)
-        stderr = "".join(self.lines) + err
-        return Result(self.proc.returncode, out, stderr, parse_events(stderr))
+        self.proc.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self._record(line)
+        stderr = "".join(self.lines)
+        return Result(self.proc.returncode, "".join(self._stdout), stderr, parse_events(stderr))
 
 
 @pytest.fixture

@@ -241,8 +241,7 @@ class Container(Runner):
 
     def __init__(self, cmd: list[str]) -> None:  # Runner's reading machinery, podman's process
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.events: list[dict[str, Any]] = []
-        self.lines: list[str] = []
+        self.start_readers()
 
 
 def repo_forward_files() -> dict[int, Path]:
