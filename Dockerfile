@@ -44,6 +44,12 @@ LABEL org.opencontainers.image.title="migration-runner" \
       org.opencontainers.image.vendor="PACS Extension Server" \
       org.opencontainers.image.documentation="docs/deploying.md"
 
+# Slim Python images ship the standard library without .pyc files, and a read-only root
+# file system cannot cache them: compile once here, or every pod start recompiles ~120
+# modules (measured: the no-op run goes from ~0.5 s to ~1 s without this).
+# (A few deliberately broken test-data files in the stdlib do not compile; that is fine.)
+RUN python -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('stdlib'), quiet=2, workers=0)"
+
 # A named user for uid 10001 (libpq and Python look the uid up); no home, no shell.
 RUN groupadd --gid 10001 runner \
  && useradd --no-log-init --uid 10001 --gid 10001 \

@@ -91,12 +91,14 @@ class Applier:
         return ms
 
     def _record(self, plan: Plan, way: Direction, ms: int) -> None:
+        """History and audit rows in one round trip (pipeline mode), same transaction."""
         m = plan.migration
-        if way is UP:
-            self.tables.record_applied(self.conn, m, ms)
-        else:
-            self.tables.delete(self.conn, m.version)
-        self.tables.audit_row(self.conn, m, way.audit, ms, True)
+        with self.conn.pipeline():
+            if way is UP:
+                self.tables.record_applied(self.conn, m, ms)
+            else:
+                self.tables.delete(self.conn, m.version)
+            self.tables.audit_row(self.conn, m, way.audit, ms, True)
 
     def _set_local(self) -> None:
         parts = []

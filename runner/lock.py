@@ -26,7 +26,9 @@ POOLER_MESSAGE = (
     "(PgBouncer pool_mode=transaction) stands between the runner and PostgreSQL, and a "
     "session lock guards nothing there; point DATABASE_URL at PostgreSQL directly or at a "
     "session-mode pool")
-_MAX_POLL_S = 1.0
+# Short enough that a waiter takes over within a quarter second of the release; fifty
+# waiters polling this often are still only a couple of hundred trivial queries a second.
+_MAX_POLL_S = 0.25
 
 _HOLDER = """
 SELECT a.pid, a.application_name, host(a.client_addr)

@@ -160,3 +160,13 @@ def test_line_col_counts_characters_and_crlf() -> None:
     text = "é;\r\nSELECT x;"
     assert statements.line_col(text, text.index("x")) == (2, 8)
     assert statements.line_col(text, 0) == (1, 1)
+
+
+def test_statement_offsets_are_characters_in_non_ascii_files(tmp_path: Path) -> None:
+    """The parser counts bytes; a slice of the text must still be the statement."""
+    folder = write(tmp_path / "m", {"001_a.sql": "-- Größe\nBEGIN;\nCREATE TABLE straße (ü int);\n"
+                                                 "INSERT INTO straße VALUES (1);\nCOMMIT;\n"})
+    (plan,) = statements.plan(files.load(folder))
+    assert [s.sql for s in plan.statements] == ["CREATE TABLE straße (ü int)",
+                                                "INSERT INTO straße VALUES (1)"]
+    assert statements.line_col(plan.migration.text, plan.statements[1].offset) == (4, 1)
