@@ -54,9 +54,12 @@ def publish(pushgateway_url: str | None, job: str, metrics_file: str | None,
         Counter,
         Gauge,
         Histogram,
+        disable_created_metrics,
         push_to_gateway,
         write_to_textfile,
     )
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created`: noise here
 
     rec, registry = RECORDER, CollectorRegistry()
     db = {"database": rec.database}
