@@ -187,11 +187,6 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _fail(code: int, message: str, /, **fields: Any) -> None:
-    log.get().error("run_failed", exit_code=code, error=message, **fields)
-    write_termination(message)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     log.configure("console" if sys.stderr.isatty() else "json")
@@ -199,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     command: str | None = None
     fields: dict[str, Any] = {}
+    final: tuple[str, dict[str, Any]] | None = None  # the closing error event, if any
     try:
         parser = build_parser()
         args = parser.parse_args(with_default_command(argv, parser))
@@ -210,24 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
         code, message = exc.exit_code, f"interrupted by {name}"
-        log.get().error("interrupted", signal=name, exit_code=code)
-        write_termination(message)
+        final = ("interrupted", {"signal": name})
     except RunnerError as exc:
         code, message, fields = exc.exit_code, exc.message, exc.fields
-        _fail(code, message, **fields)
+        final = ("run_failed", fields)
     except psycopg.Error as exc:
         # The connection dropped or a bookkeeping query failed outside a migration.
         code = 1
         message = f"database error: {str(exc).strip() or exc.__class__.__name__}"
         fields = {"sqlstate": exc.sqlstate}
-        _fail(code, message, **fields)
+        final = ("run_failed", fields)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else CONFIG
     except Exception as exc:  # a bug: still a clear exit and termination message
         code, message = 1, f"internal error: {exc!r}"
-        log.get().exception("run_failed", exit_code=1, error=repr(exc))
-        write_termination(message)
+        final = ("run_failed", {"exc_info": exc})
     _report(settings, command, code, message, fields)
+    if final is not None:  # last, so the log's final line says why the run failed
+        event, extra = final
+        log.get().error(event, exit_code=code, error=message, **extra)
+        write_termination(message)
     return code
 
 

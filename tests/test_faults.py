@@ -140,6 +140,23 @@ def test_server_started_late_runner_waits_then_succeeds(migrations: Files) -> No
         late.destroy()
 
 
+def test_sigterm_while_waiting_for_the_database_exits_143(
+        migrations: Files, tmp_path: Path) -> None:
+    term = tmp_path / "term"
+    folder = migrations({"1_a.sql": "SELECT 1;"})
+    runner = Runner(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", folder,
+                    MIGRATE_WAIT_TIMEOUT="60s", MIGRATE_TERMINATION_LOG=str(term))
+    runner.wait_for_event("db_wait_retry")
+    sent = time.monotonic()
+    runner.proc.send_signal(signal.SIGTERM)
+    result = runner.finish(timeout=30)
+    assert result.code == 143
+    assert time.monotonic() - sent < 5
+    assert result.events[-1]["event"] == "interrupted"
+    assert result.events[-1]["level"] == "error"
+    assert term.read_text() == "interrupted by SIGTERM\n"
+
+
 def test_server_never_there_exit_3_within_wait_timeout(migrations: Files) -> None:
     folder = migrations({"1_a.sql": "SELECT 1;"})
     started = time.monotonic()

@@ -122,6 +122,7 @@ def test_webhook_posts_failure(db: Db, migrations: Files,
     assert message["database"] == db.name and message["host"]
     assert "1_bad.sql" in message["text"] and "division by zero" in message["text"]
     assert "SECRET-TOKEN" not in result.stderr
+    assert result.names()[-2:] == ["webhook_sent", "run_failed"]  # the reason stays last
 
 
 def test_webhook_not_sent_on_success(db: Db, migrations: Files,
