@@ -90,15 +90,14 @@ class Applier:
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
-    def _record(self, plan: Plan, way: Direction, ms: int) -> None:
-        """History and audit rows in one round trip (pipeline mode), same transaction."""
+    def _record(self, plan: Plan, way: Direction, ms: int | None) -> None:
+        """History and audit rows, in the migration's transaction and pipeline."""
         m = plan.migration
-        with self.conn.pipeline():
-            if way is UP:
-                self.tables.record_applied(self.conn, m, ms)
-            else:
-                self.tables.delete(self.conn, m.version)
-            self.tables.audit_row(self.conn, m, way.audit, ms, True)
+        if way is UP:
+            self.tables.record_applied(self.conn, m, ms)
+        else:
+            self.tables.delete(self.conn, m.version)
+        self.tables.audit_row(self.conn, m, way.audit, ms, True)
 
     def _set_local(self) -> None:
         parts = []
@@ -108,8 +107,8 @@ class Applier:
         if self.settings.statement_timeout > 0:
             parts.append(sql.SQL("SET LOCAL statement_timeout = {}").format(
                 _duration_ms(self.settings.statement_timeout)))
-        if parts:
-            self.conn.execute(sql.SQL("; ").join(parts))
+        for part in parts:  # one each: a pipeline takes no multi-statement string
+            self.conn.execute(part)
 
     def _transactional(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
@@ -117,17 +116,20 @@ class Applier:
         while True:
             attempt += 1
             started = time.monotonic()
-            current: Statement | None = None
+            sent: list[tuple[Statement, psycopg.Cursor[Any]]] = []
             try:
-                with self.conn.transaction():
+                # One round trip: BEGIN, the timeouts, the statements, the bookkeeping rows
+                # and COMMIT go out together (pipeline mode); results come back in order,
+                # and the server times the migration for the history row.
+                with self.conn.pipeline(), self.conn.transaction():
                     self._set_local()
-                    for current in plan.statements:
-                        self.conn.execute(current.sql)
-                    current = None
-                    ms = _ms(started)
-                    self._record(plan, way, ms)
-                return ms
+                    sent = [(st, self.conn.execute(st.sql)) for st in plan.statements]
+                    self._record(plan, way, None)
+                return _ms(started)
             except psycopg.Error as exc:
+                # The failing statement is the first without a result; the ones after it
+                # were skipped by the server.
+                current = next((st for st, cur in sent if cur.pgresult is None), None)
                 error = sql_error(plan, current, exc)
                 self._audit_failure(plan, way, _ms(started), error["message"])
                 if exc.sqlstate in RETRYABLE and attempt <= self.settings.ddl_lock_retries:
@@ -168,7 +170,7 @@ class Applier:
             self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
         ms = _ms(started)
-        with self.conn.transaction():
+        with self.conn.transaction(), self.conn.pipeline():
             self._record(plan, way, ms)
         return ms
 

@@ -28,6 +28,10 @@ CREATE TABLE {history} (
     execution_time_ms bigint      NOT NULL DEFAULT 0,
     status            text        NOT NULL CHECK (status IN ('applied', 'failed'))
 )"""
+# The time since the transaction began, for a caller that queued the statements in a
+# pipeline and so cannot time them itself.
+ELAPSED_MS = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint"
+
 _AUDIT_DDL = """
 CREATE TABLE {audit} (
     id                bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -102,11 +106,13 @@ class Tables:
             "FROM {} ORDER BY version").format(self.history)).fetchall()
         return {r[0]: Applied(*r) for r in rows}
 
-    def record_applied(self, conn: Connection, m: Migration, ms: int) -> None:
-        """Insert or complete the history row; inside the migration's transaction."""
+    def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
+        """Insert or complete the history row; inside the migration's transaction.
+        `ms` None: the server measures the time since the transaction began."""
         conn.execute(sql.SQL(
             "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "
-            "VALUES (%s, %s, %s, %s, 'applied') ON CONFLICT (version) DO UPDATE SET "
+            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied') "
+            "ON CONFLICT (version) DO UPDATE SET "
             "checksum = EXCLUDED.checksum, execution_time_ms = EXCLUDED.execution_time_ms, "
             "applied_at = now(), applied_by = current_user, status = 'applied'"
         ).format(self.history), (m.version, m.description, m.checksum, ms))
@@ -132,11 +138,12 @@ class Tables:
         conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.history),
                      (version,))
 
-    def audit_row(self, conn: Connection, m: Migration | Applied, direction: str, ms: int,
-                  success: bool, error: str | None = None) -> None:
+    def audit_row(self, conn: Connection, m: Migration | Applied, direction: str,
+                  ms: int | None, success: bool, error: str | None = None) -> None:
         conn.execute(sql.SQL(
             "INSERT INTO {} (version, description, direction, checksum, execution_time_ms, "
-            "success, error_message, client_host) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            "success, error_message, client_host) "
+            "VALUES (%s, %s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), %s, %s, %s)"
         ).format(self.audit), (m.version, m.description, direction, m.checksum, ms, success,
                                error, client_host()))
 
