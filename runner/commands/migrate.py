@@ -32,8 +32,8 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         pending = state.comparison.pending
         plans = statements.plan(pending)
         check_same_session(conn, pid)
-        log.get().info("migrations_pending", count=len(plans),
-                       versions=[p.migration.version for p in plans])
+        logger.info("migrations_pending", count=len(plans),
+                    versions=[p.migration.version for p in plans])
         applier = Applier(conn, tables, settings)
         for plan in plans:
             applier.apply(plan)
