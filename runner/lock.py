@@ -69,10 +69,11 @@ class AdvisoryLock:
         self.conn = conn
         self.key = lock_key(conn.info.dbname, schema)
         self.held = False
+        self.pid = 0  # this session's backend, once acquire() has asked
 
     def acquire(self, timeout: float) -> None:
         logger = log.get()
-        pid = backend_pid(self.conn)
+        self.pid = pid = backend_pid(self.conn)
         started = time.monotonic()
         next_report = started
         delay = 0.05

@@ -21,6 +21,12 @@ def runner_backends(db: Db) -> int:
                          (db.name,)))
 
 
+def wait_for_sleeping_statement(db: Db) -> None:
+    wait_until(lambda: bool(db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' "
+        "AND datname = %s", (db.name,))), what="the slow statement running")
+
+
 def test_many_runners_at_once_apply_each_migration_exactly_once(
         db: Db, migrations: Files) -> None:
     content: dict[str, str | bytes] = {"001_log.sql": "CREATE TABLE applied_log (version int);"}
@@ -52,9 +58,7 @@ def test_lock_holder_killed_mid_migration_next_runner_finishes(
     })
     victim = Runner(db.url, folder)
     victim.wait_for_event("migration_started")  # 1_a
-    wait_until(lambda: bool(db.scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' "
-        "AND datname = %s", (db.name,))), what="the slow statement running")
+    wait_for_sleeping_statement(db)
     victim.proc.kill()
     victim.proc.wait()
     db.execute("UPDATE sleep_control SET seconds = 0")
@@ -76,9 +80,7 @@ def test_sigterm_during_long_statement_rolls_back_and_exits_143(
     })
     runner = Runner(db.url, folder)
     runner.wait_for_event("migration_started")
-    wait_until(lambda: bool(db.scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' "
-        "AND datname = %s", (db.name,))), what="the slow statement running")
+    wait_for_sleeping_statement(db)
     sent = time.monotonic()
     runner.proc.send_signal(signal.SIGTERM)
     result = runner.finish(timeout=30)

@@ -185,6 +185,11 @@ def termdir(tmp_path: Path) -> Path:
     return d
 
 
+# runc: crun fails on this machine's hybrid cgroups; explicit ulimits: no CAP_SYS_RESOURCE.
+PODMAN_RUN = ("podman", "run", "--rm", "--runtime", "runc",
+              "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
+
+
 def run_args(
     image: str,
     url: str,
@@ -196,15 +201,7 @@ def run_args(
 ) -> list[str]:
     """`podman run` as the restricted Pod Security profile would run the container."""
     cmd = [
-        "podman",
-        "run",
-        "--rm",
-        "--runtime",
-        "runc",
-        "--ulimit",
-        "nofile=20000:20000",
-        "--ulimit",
-        "nproc=32768:32768",  # no CAP_SYS_RESOURCE here
+        *PODMAN_RUN,
         "--network",
         "host",
         "--user",
@@ -277,15 +274,7 @@ def test_image_metadata(image: str) -> None:
     # Nothing of the build stage: no installer, no build backend, no sources in the image.
     probe = subprocess.run(
         [
-            "podman",
-            "run",
-            "--rm",
-            "--runtime",
-            "runc",
-            "--ulimit",
-            "nofile=20000:20000",
-            "--ulimit",
-            "nproc=32768:32768",
+            *PODMAN_RUN,
             "--read-only",
             "--network",
             "none",

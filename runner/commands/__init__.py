@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from runner import files, log
 from runner.database import Connection, backend_pid, connect, server_version
 from runner.errors import ConfigError, ValidationError
-from runner.history import Comparison, Tables, compare
+from runner.history import Applied, Comparison, compare
 from runner.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
 
@@ -43,7 +43,7 @@ def locked(settings: Settings) -> Iterator[Connection]:
     try:
         lock.acquire(settings.lock_timeout)
         with open_connection(settings, "work") as work:
-            if backend_pid(work) == backend_pid(lock_conn):
+            if backend_pid(work) == lock.pid:
                 # Two client connections on one backend: only a pooler does that.
                 raise ConfigError(POOLER_MESSAGE)
             yield work
@@ -58,10 +58,9 @@ class State:
     comparison: Comparison
 
 
-def read_state(conn: Connection, tables: Tables, migrations: list[files.Migration],
+def read_state(applied: dict[int, Applied], migrations: list[files.Migration],
                settings: Settings, to: int | None = None) -> State:
     """History against the files; a ValidationError for anything SPEC §3 refuses."""
-    applied = tables.read_if_exists(conn)
     comparison = compare(migrations, applied)
     problems = comparison.problems(settings.strict, settings.allow_out_of_order)
     if problems:

@@ -22,13 +22,13 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
     tables = Tables(settings.schema)
     if dry_run:
         with read_only(settings, "dry-run") as conn:
-            state = read_state(conn, tables, migrations, settings, to)
+            state = read_state(tables.read_if_exists(conn), migrations, settings, to)
         print_plan(statements.plan(state.comparison.pending))
         return 0
     with locked(settings) as conn:
         pid = backend_pid(conn)
         tables.ensure(conn)
-        state = read_state(conn, tables, migrations, settings, to)
+        state = read_state(tables.read(conn), migrations, settings, to)
         pending = state.comparison.pending
         plans = statements.plan(pending)
         check_same_session(conn, pid)
