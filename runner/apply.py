@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from runner import log
 from runner.database import Connection
@@ -70,6 +71,13 @@ class Applier:
         self.tables = tables
         self.settings = settings
         self.log = log.get()
+        # One statement each: a pipeline takes no multi-statement string.
+        self.set_local = [
+            sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), _duration_ms(seconds))
+            .as_string(None)
+            for name, seconds in (("lock_timeout", settings.ddl_lock_timeout),
+                                  ("statement_timeout", settings.statement_timeout))
+            if seconds > 0]
 
     def apply(self, plan: Plan) -> int:
         """Apply one migration; its duration in ms. Raises MigrationError or Interrupted."""
@@ -99,17 +107,6 @@ class Applier:
             self.tables.delete(self.conn, m.version)
         self.tables.audit_row(self.conn, m, way.audit, ms, True)
 
-    def _set_local(self) -> None:
-        parts = []
-        if self.settings.ddl_lock_timeout > 0:
-            parts.append(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                _duration_ms(self.settings.ddl_lock_timeout)))
-        if self.settings.statement_timeout > 0:
-            parts.append(sql.SQL("SET LOCAL statement_timeout = {}").format(
-                _duration_ms(self.settings.statement_timeout)))
-        for part in parts:  # one each: a pipeline takes no multi-statement string
-            self.conn.execute(part)
-
     def _transactional(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
         attempt = 0
@@ -119,14 +116,19 @@ class Applier:
             sent: list[tuple[Statement, psycopg.Cursor[Any]]] = []
             try:
                 # One round trip: BEGIN, the timeouts, the statements, the bookkeeping rows
-                # and COMMIT go out together (pipeline mode); results come back in order,
-                # and the server times the migration for the history row.
-                with self.conn.pipeline(), self.conn.transaction():
-                    self._set_local()
+                # and COMMIT go out together (pipeline mode, one Sync); results come back
+                # in order, and the server times the migration for the history row. Plain
+                # BEGIN/COMMIT, not conn.transaction(): that one syncs on entry and exit.
+                with self.conn.pipeline():
+                    self.conn.execute("BEGIN")
+                    for statement in self.set_local:
+                        self.conn.execute(statement)
                     sent = [(st, self.conn.execute(st.sql)) for st in plan.statements]
                     self._record(plan, way, None)
+                    self.conn.execute("COMMIT")
                 return _ms(started)
             except psycopg.Error as exc:
+                self._roll_back()
                 # The failing statement is the first without a result; the ones after it
                 # were skipped by the server.
                 current = next((st for st, cur in sent if cur.pgresult is None), None)
@@ -142,6 +144,7 @@ class Applier:
                     continue
                 self._fail(error, way, attempts=attempt)
             except Interrupted as exc:
+                self._roll_back()
                 self._audit_failure(plan, way, _ms(started),
                                     f"interrupted by signal {exc.signum}")
                 raise
@@ -173,6 +176,15 @@ class Applier:
         with self.conn.transaction(), self.conn.pipeline():
             self._record(plan, way, ms)
         return ms
+
+    def _roll_back(self) -> None:
+        """End the failed (or cancelled) migration's transaction; the server already
+        skipped whatever followed the error in the pipeline."""
+        try:
+            if self.conn.info.transaction_status != TransactionStatus.IDLE:
+                self.conn.rollback()
+        except psycopg.Error as exc:  # a dead connection: the server rolled back itself
+            self.log.warning("rollback_failed", message=str(exc).strip())
 
     def _audit_failure(self, plan: Plan, way: Direction, ms: int, message: str) -> None:
         """Written after the rollback, in its own transaction, so it survives."""

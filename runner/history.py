@@ -69,6 +69,20 @@ class Tables:
         self.schema = schema
         self.history = sql.Identifier(schema, "migration_history")
         self.audit = sql.Identifier(schema, "migration_audit")
+        self.host = client_host()
+        # Composed once: they go out with every migration.
+        self._record_applied = sql.SQL(
+            "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "
+            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied') "
+            "ON CONFLICT (version) DO UPDATE SET "
+            "checksum = EXCLUDED.checksum, execution_time_ms = EXCLUDED.execution_time_ms, "
+            "applied_at = now(), applied_by = current_user, status = 'applied'"
+        ).format(self.history).as_string(None)
+        self._audit_row = sql.SQL(
+            "INSERT INTO {} (version, description, direction, checksum, execution_time_ms, "
+            "success, error_message, client_host) "
+            "VALUES (%s, %s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), %s, %s, %s)"
+        ).format(self.audit).as_string(None)
 
     def exist(self, conn: Connection) -> bool:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
@@ -109,13 +123,7 @@ class Tables:
     def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
         """Insert or complete the history row; inside the migration's transaction.
         `ms` None: the server measures the time since the transaction began."""
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "
-            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied') "
-            "ON CONFLICT (version) DO UPDATE SET "
-            "checksum = EXCLUDED.checksum, execution_time_ms = EXCLUDED.execution_time_ms, "
-            "applied_at = now(), applied_by = current_user, status = 'applied'"
-        ).format(self.history), (m.version, m.description, m.checksum, ms))
+        conn.execute(self._record_applied, (m.version, m.description, m.checksum, ms))
 
     def mark_started(self, conn: Connection, m: Migration) -> None:
         """A no-transaction migration is `failed` until it completes, so a crash part-way
@@ -140,12 +148,8 @@ class Tables:
 
     def audit_row(self, conn: Connection, m: Migration | Applied, direction: str,
                   ms: int | None, success: bool, error: str | None = None) -> None:
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (version, description, direction, checksum, execution_time_ms, "
-            "success, error_message, client_host) "
-            "VALUES (%s, %s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), %s, %s, %s)"
-        ).format(self.audit), (m.version, m.description, direction, m.checksum, ms, success,
-                               error, client_host()))
+        conn.execute(self._audit_row, (m.version, m.description, direction, m.checksum, ms,
+                                       success, error, self.host))
 
 
 @dataclass
