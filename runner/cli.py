@@ -12,14 +12,6 @@ from typing import Any, NoReturn
 import psycopg
 
 from runner import __version__, log, metrics, notify
-from runner.commands import baseline as baseline_cmd
-from runner.commands import migrate as migrate_cmd
-from runner.commands import new as new_cmd
-from runner.commands import repair as repair_cmd
-from runner.commands import rollback as rollback_cmd
-from runner.commands import status as status_cmd
-from runner.commands import validate as validate_cmd
-from runner.commands import verify as verify_cmd
 from runner.errors import CONFIG, ConfigError, Interrupted, RunnerError
 from runner.history import client_host
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
@@ -50,36 +42,53 @@ def _steps(value: str) -> int:
     return steps
 
 
+# Each handler imports its command's module: a pod start loads only `migrate`'s.
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import migrate as migrate_cmd
+
     return migrate_cmd.migrate(settings, to=args.to, dry_run=args.dry_run)
 
 
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import validate as validate_cmd
+
     return validate_cmd.validate(settings, offline=args.offline)
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import status as status_cmd
+
     return status_cmd.status(settings, as_json=args.json)
 
 
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import rollback as rollback_cmd
+
     return rollback_cmd.rollback(settings, steps=args.steps, to=args.to)
 
 
 def _baseline(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import baseline as baseline_cmd
+
     return baseline_cmd.baseline(settings, to=args.to)
 
 
 def _repair(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import repair as repair_cmd
+
     return repair_cmd.repair(settings, failed=args.failed,
                              accept_checksums=args.accept_checksums)
 
 
 def _new(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import new as new_cmd
+
     return new_cmd.new(settings, args.description, number=args.number)
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import verify as verify_cmd
+
     return verify_cmd.verify(settings, args.schema_name or [], write=args.write,
                              expect=args.expect)
 

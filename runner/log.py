@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 # One id per process, on every event, so a log pipeline can group a run's lines.
-RUN_ID = uuid.uuid4().hex[:16]
+RUN_ID = os.urandom(8).hex()
 
 
 def _add_run_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

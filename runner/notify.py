@@ -7,7 +7,6 @@ The URL itself is never logged: Slack-style webhook URLs carry their secret in t
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 from runner import log
@@ -31,6 +30,8 @@ def failure_body(exit_code: int, message: str, fields: dict[str, Any], host: str
 
 
 def send(url: str, body: dict[str, Any], timeout: float) -> None:
+    import urllib.request  # here: a run that succeeds does not pay for it
+
     logger = log.get()
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
