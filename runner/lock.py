@@ -2,8 +2,9 @@
 
 Session-level, on a connection of its own, taken with `pg_try_advisory_lock` in a backoff
 loop: a blocking `pg_advisory_lock` would leave a waiting backend whose snapshot deadlocks
-the holder's CREATE INDEX CONCURRENTLY. The lock dies with its session, so a killed
-runner leaves nothing to clean up by hand.
+the holder's CREATE INDEX CONCURRENTLY. Waiters LISTEN and the holder NOTIFYs as it
+releases, so the next one starts at once rather than at its next poll. The lock dies with
+its session, so a killed runner leaves nothing to clean up by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from runner import log
 from runner.database import Connection, backend_pid
@@ -26,9 +28,9 @@ POOLER_MESSAGE = (
     "(PgBouncer pool_mode=transaction) stands between the runner and PostgreSQL, and a "
     "session lock guards nothing there; point DATABASE_URL at PostgreSQL directly or at a "
     "session-mode pool")
-# Short enough that a waiter takes over within a quarter second of the release; fifty
-# waiters polling this often are still only a couple of hundred trivial queries a second.
-_MAX_POLL_S = 0.25
+# Waiters are woken by a NOTIFY at every release; polling only covers a holder that died
+# (its lock goes with its session, and nobody notifies).
+_MAX_POLL_S = 1.0
 
 _HOLDER = """
 SELECT a.pid, a.application_name, host(a.client_addr)
@@ -70,6 +72,7 @@ class AdvisoryLock:
         self.key = lock_key(conn.info.dbname, schema)
         self.held = False
         self.pid = 0  # this session's backend, once acquire() has asked
+        self.channel = f"migration_runner_{self.key & 0xFFFFFFFFFFFFFFFF:016x}"
 
     def acquire(self, timeout: float) -> None:
         logger = log.get()
@@ -77,6 +80,7 @@ class AdvisoryLock:
         started = time.monotonic()
         next_report = started
         delay = 0.05
+        listening = False
         while not self._try():
             now = time.monotonic()
             waited = now - started
@@ -89,7 +93,13 @@ class AdvisoryLock:
                     f"advisory lock not acquired within {timeout:g}s: another runner holds it "
                     "(see lock_waiting for its pid); raise MIGRATE_LOCK_TIMEOUT or stop it",
                     **_holder(self.conn, self.key))
-            time.sleep(min(delay * random.uniform(0.5, 1.5), timeout - waited))
+            if not listening:  # then try once more: a release in between is not missed
+                self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                listening = True
+                continue
+            pause = min(delay * random.uniform(0.5, 1.5), timeout - waited)
+            for _ in self.conn.notifies(timeout=max(pause, 0.0), stop_after=1):
+                pass  # a release: try again now
             delay = min(delay * 2, _MAX_POLL_S)
         self.held = True
         self._check_same_session(pid)
@@ -113,4 +123,5 @@ class AdvisoryLock:
             return
         self.held = False
         with contextlib.suppress(psycopg.Error):  # the session is gone, and the lock with it
-            self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            self.conn.execute("SELECT pg_advisory_unlock(%s), pg_notify(%s, '')",
+                              (self.key, self.channel))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -13,6 +15,10 @@ from tests.conftest import Db, Runner, run, wait_until
 from tests.pg import Cluster, free_port
 
 Files = Callable[[dict[str, str | bytes]], Path]
+
+
+def at(event: dict[str, Any]) -> float:
+    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
 def runner_backends(db: Db) -> int:
@@ -123,6 +129,22 @@ def test_lock_timeout_exit_4_names_holder(db: Db, migrations: Files) -> None:
     assert waiting["holder_application_name"] == "stuck-job"
     assert waiting["holder_client_addr"] == "127.0.0.1"
     assert not db.table_exists("a")
+
+
+def test_a_waiting_runner_takes_over_as_the_holder_releases(db: Db, migrations: Files) -> None:
+    folder = migrations({"1_slow.sql": "SELECT pg_sleep(4);\nCREATE TABLE a (id int);\n"})
+    first = Runner(db.url, folder)
+    first.wait_for_event("lock_acquired")
+    second = Runner(db.url, folder)
+    second.wait_for_event("lock_waiting")
+    a, b = first.finish(), second.finish()
+    assert (a.code, b.code) == (0, 0), a.stderr + b.stderr
+    released = at(a.event("migrations_complete"))
+    taken = at(b.event("lock_acquired"))
+    # Woken by the holder's NOTIFY: after seconds of waiting its polls are 0.5-1.5 s apart.
+    assert taken - released < 0.25, f"took over {taken - released:.3f} s after the release"
+    assert b.event("migrations_complete")["applied"] == 0
+    assert [e["purpose"] for e in b.events if e["event"] == "db_connected"] == ["lock"]
 
 
 def test_server_started_late_runner_waits_then_succeeds(migrations: Files) -> None:

@@ -56,6 +56,8 @@ def test_applies_in_order_records_history_and_audit_then_is_a_no_op(
     assert "migration_applied" not in again.names()
     assert again.event("migrations_complete")["applied"] == 0
     assert db.scalar("SELECT count(*) FROM migration_audit") == 3
+    # Nothing to do: the history is read on the lock connection, no work connection opens.
+    assert [e["purpose"] for e in again.events if e["event"] == "db_connected"] == ["lock"]
 
 
 def test_sql_error_mid_file_leaves_nothing_and_names_the_line(

@@ -31,23 +31,51 @@ def read_only(settings: Settings, purpose: str) -> Iterator[Connection]:
         yield conn
 
 
-@contextmanager
-def locked(settings: Settings) -> Iterator[Connection]:
-    """A work connection, used while a dedicated connection holds the advisory lock.
+class Session:
+    """The lock connection, holding the advisory lock, and the work connection, opened on
+    first use: a run with nothing to do reads the history on the lock connection and
+    never opens a second one, so fifty waiting runners cost fifty connections, not a
+    hundred, and each one that waited finishes within milliseconds of the release."""
 
-    The work connection opens only once the lock is held: fifty waiting runners then cost
-    fifty connections, not a hundred.
-    """
+    def __init__(self, settings: Settings, lock: AdvisoryLock) -> None:
+        self.settings = settings
+        self.lock = lock
+        self._work: Connection | None = None
+        self._work_pid = 0
+
+    @property
+    def work(self) -> Connection:
+        if self._work is None:
+            conn = open_connection(self.settings, "work")
+            self._work_pid = backend_pid(conn)
+            if self._work_pid == self.lock.pid:
+                conn.close()  # two client connections on one backend: only a pooler does that
+                raise ConfigError(POOLER_MESSAGE)
+            self._work = conn
+        return self._work
+
+    def check_same_session(self) -> None:
+        """Behind a transaction-pooling proxy each transaction may land on another backend,
+        where the lock held by our session guards nothing: refuse before changing
+        anything."""
+        if backend_pid(self.work) != self._work_pid:
+            raise ConfigError(POOLER_MESSAGE)
+
+    def close(self) -> None:
+        if self._work is not None:
+            self._work.close()
+
+
+@contextmanager
+def locked(settings: Settings) -> Iterator[Session]:
     lock_conn = open_connection(settings, "lock")
     lock = AdvisoryLock(lock_conn, settings.schema)
+    session = Session(settings, lock)
     try:
         lock.acquire(settings.lock_timeout)
-        with open_connection(settings, "work") as work:
-            if backend_pid(work) == lock.pid:
-                # Two client connections on one backend: only a pooler does that.
-                raise ConfigError(POOLER_MESSAGE)
-            yield work
+        yield session
     finally:
+        session.close()
         lock.release()
         lock_conn.close()
 
@@ -72,10 +100,3 @@ def read_state(applied: dict[int, Applied], migrations: list[files.Migration],
     if to is not None:
         comparison.pending = [m for m in comparison.pending if m.version <= to]
     return State(migrations, comparison)
-
-
-def check_same_session(conn: Connection, pid: int) -> None:
-    """Behind a transaction-pooling proxy each transaction may land on another backend,
-    where the lock held by our session guards nothing: refuse before changing anything."""
-    if backend_pid(conn) != pid:
-        raise ConfigError(POOLER_MESSAGE)

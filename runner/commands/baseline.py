@@ -8,8 +8,7 @@ what is newer. Refused on a database with any history: there it would hide real 
 from __future__ import annotations
 
 from runner import files, log
-from runner.commands import check_same_session, locked
-from runner.database import backend_pid
+from runner.commands import locked
 from runner.errors import ValidationError
 from runner.history import Tables, as_fields
 from runner.settings import Settings
@@ -24,8 +23,8 @@ def baseline(settings: Settings, to: int) -> int:
                                "give the version of the last file the database already has"])
     chosen = [m for m in migrations if m.version <= to]
     tables = Tables(settings.schema)
-    with locked(settings) as conn:
-        pid = backend_pid(conn)
+    with locked(settings) as session:
+        conn = session.work
         tables.ensure(conn)
         applied = tables.read(conn)
         if applied:
@@ -33,7 +32,7 @@ def baseline(settings: Settings, to: int) -> int:
                 f"baseline refused: migration_history already has {len(applied)} rows "
                 f"(newest version {max(applied)}); baseline is only for a database the "
                 "runner has never migrated. Use `status` to see its state"])
-        check_same_session(conn, pid)
+        session.check_same_session()
         with conn.transaction():
             for m in chosen:
                 tables.record_applied(conn, m, 0)

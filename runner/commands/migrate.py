@@ -6,8 +6,7 @@ import time
 
 from runner import files, log, statements
 from runner.apply import Applier
-from runner.commands import check_same_session, locked, read_only, read_state
-from runner.database import backend_pid
+from runner.commands import locked, read_only, read_state
 from runner.history import Tables
 from runner.settings import Settings
 
@@ -25,18 +24,24 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
             state = read_state(tables.read_if_exists(conn), migrations, settings, to)
         print_plan(statements.plan(state.comparison.pending))
         return 0
-    with locked(settings) as conn:
-        pid = backend_pid(conn)
-        tables.ensure(conn)
-        state = read_state(tables.read(conn), migrations, settings, to)
-        pending = state.comparison.pending
-        plans = statements.plan(pending)
-        check_same_session(conn, pid)
+    with locked(settings) as session:
+        # Read on the lock connection: with nothing pending (every pod start but the
+        # first after a release) the run ends here, without a work connection.
+        found = tables.exist(session.lock.conn)
+        applied = tables.read(session.lock.conn) if found else {}
+        pending = read_state(applied, migrations, settings, to).comparison.pending
+        plans = []
+        if pending or not found:
+            conn = session.work
+            tables.ensure(conn)
+            plans = statements.plan(pending)
+            session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])
-        applier = Applier(conn, tables, settings)
-        for plan in plans:
-            applier.apply(plan)
+        if plans:
+            applier = Applier(session.work, tables, settings)
+            for plan in plans:
+                applier.apply(plan)
         logger.info("migrations_complete", applied=len(plans), pending_before=len(pending),
                     total=len(migrations), duration_ms=round((time.monotonic() - started) * 1000))
     return 0

@@ -10,8 +10,7 @@ an audit row `repair`; all of them commit together, under the lock.
 from __future__ import annotations
 
 from runner import files, log
-from runner.commands import check_same_session, locked
-from runner.database import backend_pid
+from runner.commands import locked
 from runner.errors import ConfigError, ValidationError
 from runner.history import Tables, as_fields
 from runner.settings import Settings
@@ -29,14 +28,14 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool) -> int:
         raise ValidationError(folder.problems)
     by_version = {m.version: m for m in folder.migrations}
     tables = Tables(settings.schema)
-    with locked(settings) as conn:
-        pid = backend_pid(conn)
+    with locked(settings) as session:
+        conn = session.work
         applied = tables.read_if_exists(conn)
         clear = [a for a in applied.values() if failed and a.status == "failed"]
         accept = [(by_version[v], a) for v, a in applied.items()
                   if accept_checksums and v in by_version and a.status == "applied"
                   and a.checksum != by_version[v].checksum]
-        check_same_session(conn, pid)
+        session.check_same_session()
         with conn.transaction():
             for a in clear:
                 tables.delete(conn, a.version)

@@ -13,8 +13,7 @@ import time
 
 from runner import files, log, statements
 from runner.apply import Applier
-from runner.commands import check_same_session, locked
-from runner.database import backend_pid
+from runner.commands import locked
 from runner.errors import ValidationError
 from runner.history import Applied, Tables
 from runner.settings import Settings
@@ -63,12 +62,12 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
     started = time.monotonic()
     migrations = files.load(settings.migrations_path)
     tables = Tables(settings.schema)
-    with locked(settings) as conn:
-        pid = backend_pid(conn)
+    with locked(settings) as session:
+        conn = session.work
         applied = tables.read_if_exists(conn)
         chosen = targets(applied, steps, to)
         plans = check(chosen, applied, migrations)
-        check_same_session(conn, pid)
+        session.check_same_session()
         applier = Applier(conn, tables, settings)
         for plan in plans:
             applier.revert(plan)
