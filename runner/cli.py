@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -236,6 +237,19 @@ def main(argv: list[str] | None = None) -> int:
         log.get().error(event, exit_code=code, error=message, **extra)
         write_termination(message)
     return code
+
+
+def run() -> NoReturn:
+    """The console script and `python -m runner`: main(), then exit without the
+    interpreter's teardown. Freeing every module at exit takes 40-90 ms, a sixth of a
+    run with nothing to do, and every pod start pays it. Nothing is left to clean up by
+    then: the connections are closed, the termination message and metrics written, and
+    the two streams are flushed here."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader that went away (`| head`)
+            stream.flush()
+    os._exit(code)
 
 
 def _report(settings: Settings | None, command: str | None, code: int, message: str,
