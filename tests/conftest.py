@@ -83,11 +83,9 @@ class Result:
 
 
 def parse_events(stderr: str) -> list[dict[str, Any]]:
-    events = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
-    return events
+    """Every stderr line is one JSON event (SPEC §6): a stray warning or traceback fails
+    the test that produced it."""
+    return [json.loads(line) for line in stderr.splitlines() if line]
 
 
 def runner_env(url: str | None, migrations: Path | None, **extra: str) -> dict[str, str]:
