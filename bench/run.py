@@ -36,16 +36,25 @@ from tests.pg import Cluster  # noqa: E402  (the tests' throwaway-server helper)
 
 VENV_BIN = Path(sys.executable).parent
 RUNNER = VENV_BIN / "migration-runner"
+# The console script pip writes for `migration-runner` (pyproject's [project.scripts]).
+SCRIPT = """#!{python}
+import sys
+from runner.cli import run
+if __name__ == "__main__":
+    sys.exit(run())
+"""
 ROWS = 10  # rows each generated migration inserts
 
 
 class BenchCluster(Cluster):
     """The tests' cluster, started with durability on: fsync, full_page_writes and
-    synchronous_commit as a production server has them."""
+    synchronous_commit as a production server has them. Autovacuum off: a worker waking
+    on the catalogs mid-run, at a random moment, was the widest source of spread."""
 
     def start(self, wait: bool = True) -> None:
         opts = (f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 "
-                "-c fsync=on -c full_page_writes=on -c synchronous_commit=on")
+                "-c fsync=on -c full_page_writes=on -c synchronous_commit=on "
+                "-c autovacuum=off")
         cmd = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.tmp / "pg.log"),
                "-o", opts, "-w", "start"]
         if os.geteuid() == 0:
@@ -70,6 +79,8 @@ class Bench:
     failures: list[str] = field(default_factory=list)
     live: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _dbs: int = 0
+    python: Path = Path(sys.executable)
+    runner: Path = RUNNER
 
     def generate(self) -> None:
         """N migrations: each a small table with an index and 10 rows, plus a row in
@@ -134,6 +145,7 @@ class Bench:
         name = f"bench_{self._dbs}"
         with self.cluster.connect() as conn:
             conn.execute(f"CREATE DATABASE {name}")
+            conn.execute("CHECKPOINT")  # no run pays for writing out the one before
         return name
 
     def drop_db(self, name: str) -> None:
@@ -147,9 +159,22 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         return {**env, "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
 
-    def prime(self) -> None:
-        """Compile and cache what the runs will import (untimed)."""
-        p = self.run([str(VENV_BIN / "python"), "-c", "import runner.cli, pglast"],
+    def install(self) -> None:
+        """The runner as the image has it: a plain install, not the development venv's
+        editable one, whose import hook (`.pth` finder) costs every start ~17 ms. A venv
+        of our own whose `.pth` puts the checkout and the development venv's site-packages
+        on sys.path: the same code and dependencies, no hooks. Then compile and cache
+        what the runs will import (untimed)."""
+        venv = self.work / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        site = next(venv.glob("lib/python*/site-packages"))
+        deps = next(VENV_BIN.parent.glob("lib/python*/site-packages"))
+        (site / "checkout.pth").write_text(f"{ROOT}\n{deps}\n")
+        self.python = venv / "bin" / "python"
+        self.runner = venv / "bin" / "migration-runner"
+        self.runner.write_text(SCRIPT.format(python=self.python))
+        self.runner.chmod(0o755)
+        p = self.run([str(self.python), "-c", "import runner.cli, runner.commands.migrate, pglast"],
                      self.python_env())
         if p.code:
             raise SystemExit(f"cannot import the runner (see {self.work}/other.log)")
@@ -202,12 +227,12 @@ class Bench:
     def apply_all_and_noop(self) -> None:
         db = self.fresh_db()
         env = self.runner_env(db)
-        p = self.run([str(RUNNER), "migrate"], env, log="runner-apply.log")
+        p = self.run([str(self.runner), "migrate"], env, log="runner-apply.log")
         self.check("apply-all", db, [p.code])
         self.add("apply-all", p.seconds)
         self.add("apply-all peak RSS", p.rss_kib / 1024)
         for _ in range(3):  # cheap, and the number every pod start pays: more samples
-            p = self.run([str(RUNNER), "migrate"], env, log="runner-noop.log")
+            p = self.run([str(self.runner), "migrate"], env, log="runner-noop.log")
             self.check("no-op", db, [p.code])
             self.add("no-op", p.seconds)
         self.add("no-op peak RSS", p.rss_kib / 1024)
@@ -217,7 +242,7 @@ class Bench:
         db = self.fresh_db()
         env, log = self.runner_env(db), f"runner-race-{db}.log"
         spawned, started = time.time(), time.perf_counter()
-        pids = [self.spawn([str(RUNNER), "migrate"], env, log) for _ in range(self.racers)]
+        pids = [self.spawn([str(self.runner), "migrate"], env, log) for _ in range(self.racers)]
         codes = [self.reap(pid)[0] for pid in pids]
         self.add("race", time.perf_counter() - started)
         self.check(f"race of {self.racers}", db, codes)
@@ -244,7 +269,7 @@ class Bench:
             self.add("  race: winner done -> last runner exited", ended - max(done))
 
     def python_floors(self) -> None:
-        py = str(VENV_BIN / "python")
+        py = str(self.python)
         for row, code in (("python -c pass", "pass"), ("import psycopg", "import psycopg"),
                           ("import runner.cli", "import runner.cli")):
             p = self.run([py, "-c", code], self.python_env())
@@ -269,7 +294,7 @@ class Bench:
         for what in ("apply-all", "no-op"):
             log = self.cluster.tmp / "pg.log"
             before = log.stat().st_size
-            p = self.run([str(RUNNER), "migrate"], env, log="runner-logged.log")
+            p = self.run([str(self.runner), "migrate"], env, log="runner-logged.log")
             self.check(f"{what} (log_statement=all)", db, [p.code])
             time.sleep(0.2)  # the server's logging collector is not ours to flush
             with open(log, "rb") as f:
@@ -360,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         bench = Bench(cluster, work, args.migrations, args.racers)
         bench.generate()
-        bench.prime()
+        bench.install()
         print(f"machine: {machine(cluster)}", flush=True)
         print(f"{args.migrations} migrations, {args.runs} runs, {args.racers} racers; "
               f"server port {cluster.port}, fsync on; work dir {work}", flush=True)
