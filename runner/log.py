@@ -26,6 +26,18 @@ def _add_run_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, 
     return event
 
 
+class _Libraries(logging.Handler):
+    """Records of the standard `logging` module (psycopg's) become events of this log, so
+    stderr stays one JSON object per line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.name.startswith("psycopg") and message.startswith("error ignored"):
+            # psycopg leaving a pipeline after the error it raised: that error is reported.
+            return
+        get().log(record.levelno, "library_log", logger=record.name, message=message)
+
+
 def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = ()) -> None:
     """`watchers` are processors that see every event before it is rendered (metrics)."""
     processors: list[Any] = [
@@ -45,6 +57,9 @@ def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = 
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [_Libraries()]
+    root.setLevel(logging.WARNING)
 
 
 def get() -> Any:

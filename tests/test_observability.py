@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from runner import log
 from tests.conftest import ROOT, Db, run
 
 Files = Callable[[dict[str, str | bytes]], Path]
@@ -106,6 +108,27 @@ def test_metrics_textfile_on_failure_and_push_failure_keeps_exit_code(
     assert values[("database_migrations_pending", label)] == 2
     assert values[("database_migrations_last_exit_code", label)] == 1
     assert not list(tmp_path.glob("*.tmp*"))  # written by rename
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers, root.level = handlers, level
+
+
+def test_library_log_records_become_json_events(
+        root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    log.configure("json", "info")
+    logging.getLogger("psycopg").warning("connection %s lost", "x")
+    # What psycopg logs when it leaves a pipeline after raising the error the runner reports.
+    logging.getLogger("psycopg").warning("error ignored terminating %r: %s", "<Pipeline>",
+                                         "pipeline aborted")
+    logging.getLogger("psycopg").info("below the threshold")
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["event"], e["level"], e["logger"], e["message"]) for e in events] == [
+        ("library_log", "warning", "psycopg", "connection x lost")]
 
 
 def test_webhook_posts_failure(db: Db, migrations: Files,
