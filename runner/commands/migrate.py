@@ -25,15 +25,15 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         print_plan(statements.plan(state.comparison.pending))
         return 0
     with locked(settings) as session:
-        # Read on the lock connection: with nothing pending (every pod start but the
-        # first after a release) the run ends here, without a work connection.
+        # The history is read on the lock connection: with nothing pending, as on every pod
+        # start but the first after a release, the run ends without a work connection.
         found = tables.exist(session.lock.conn)
         applied = tables.read(session.lock.conn) if found else {}
         pending = read_state(applied, migrations, settings, to).comparison.pending
-        plans = []
+        plans: list[statements.Plan] = []
         if pending or not found:
-            conn = session.work
-            tables.ensure(conn)
+            work = session.work  # opening it refuses a pooler before anything is created
+            tables.ensure(work)
             plans = statements.plan(pending)
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
