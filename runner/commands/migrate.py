@@ -27,11 +27,10 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
     with locked(settings) as session:
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
-        found = tables.exist(session.lock.conn)
-        applied = tables.read(session.lock.conn) if found else {}
+        applied = tables.read_if_exists(session.lock.conn)
         pending = read_state(applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
-        if pending or not found:
+        if pending or not applied:  # an empty history: the tables may be missing too
             work = session.work  # opening it refuses a pooler before anything is created
             tables.ensure(work)
             plans = statements.plan(pending)
