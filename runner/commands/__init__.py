@@ -16,6 +16,10 @@ from runner.settings import Settings
 
 def history_for(settings: Settings) -> History:
     """The history format MIGRATE_HISTORY_FORMAT names (SPEC §8)."""
+    if settings.history_format == "sqlx":
+        from runner.sqlx import SqlxHistory
+
+        return SqlxHistory(settings.schema)
     return NativeHistory(settings.schema)
 
 
