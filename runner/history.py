@@ -72,7 +72,7 @@ class History:
     # Tables of the other format: beside an empty history of ours they mean the database
     # was migrated by the other one (SPEC §8), and the setting that reads them.
     other_tables: tuple[tuple[str, str], ...] = ()
-    other_setting = ""
+    other_fix = ""
     baseline_over_other = False  # may `baseline` write beside the other format's rows?
 
     def __init__(self, schema: str) -> None:
@@ -189,8 +189,8 @@ class History:
                                        success, error, self.host))
 
     def other_history(self, conn: Connection) -> str | None:
-        """When the other format's table holds rows: what it holds and the setting that
-        reads it; else None. Read-only."""
+        """When the other format's table holds rows: what it holds; else None. Read-only.
+        "" as schema: MIGRATE_SCHEMA."""
         for schema, table in self.other_tables:
             name = sql.Identifier(schema or self.schema, table).as_string(conn)
             row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
@@ -200,8 +200,7 @@ class History:
             found = conn.execute(sql.SQL("SELECT pg_catalog.count(*), pg_catalog.max(version) "
                                          "FROM {}").format(sql.SQL(name))).fetchone()
             if found and found[0]:
-                return (f"{name} holds {found[0]} rows (newest version {found[1]}); set "
-                        f"{self.other_setting} to use that history")
+                return f"{name} holds {found[0]} rows (newest version {found[1]})"
         return None
 
     def refuse_beside_other(self, conn: Connection, applied: dict[int, Applied],
@@ -213,9 +212,10 @@ class History:
         other = self.other_history(conn)
         if other:
             raise ValidationError([
-                f"{command} refused: {self.history.as_string(conn)} is empty or missing, "
-                f"but {other} (MIGRATE_HISTORY_FORMAT={self.format} does not read it); "
-                "nothing was applied"])
+                f"{command} refused: {self.history.as_string(conn)} is empty or missing, but "
+                f"{other}: the database was migrated with the other history format, which "
+                f"MIGRATE_HISTORY_FORMAT={self.format} does not read; {self.other_fix}. "
+                "Nothing was changed"])
 
 
 class NativeHistory(History):
@@ -225,7 +225,7 @@ class NativeHistory(History):
     format = "native"
     table = "migration_history"
     other_tables = (("", "_sqlx_migrations"), ("public", "_sqlx_migrations"))
-    other_setting = "MIGRATE_HISTORY_FORMAT=sqlx"
+    other_fix = "set MIGRATE_HISTORY_FORMAT=sqlx to use that history"
 
     _DDL = """
 CREATE TABLE {history} (
