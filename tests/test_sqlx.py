@@ -207,6 +207,8 @@ def test_native_format_refuses_a_database_the_app_migrated(
             f'SELECT count(*) FROM "{schema}".migration_history')
     dry = run(db.url, folder, "--dry-run", MIGRATE_SCHEMA=schema)
     assert dry.code == 5 and dry.stdout == ""
+    validate = run(db.url, folder, "validate", MIGRATE_SCHEMA=schema)
+    assert validate.code == 5 and "MIGRATE_HISTORY_FORMAT=sqlx" in validate.stdout
     assert db.scalar("SELECT count(*) FROM _sqlx_migrations") == 4
     assert db.scalar("SELECT count(*) FROM pg_class") <= objects + 4  # at most empty tables
 

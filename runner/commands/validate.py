@@ -31,6 +31,10 @@ def validate(settings: Settings, offline: bool) -> int:
     if not offline:
         with read_only(settings, "validate") as conn:
             applied = history.read_if_exists(conn)
+            try:  # what `migrate` would refuse first (SPEC §8)
+                history.refuse_beside_other(conn, applied, "migrate")
+            except ValidationError as exc:
+                problems += exc.problems
         comparison = compare(folder.migrations, applied, history.eol_only)
         warn_eol_only(comparison)
         problems += comparison.problems(settings.strict, settings.allow_out_of_order)
