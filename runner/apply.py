@@ -20,7 +20,7 @@ from psycopg.pq import TransactionStatus
 from runner import log
 from runner.database import Connection
 from runner.errors import Interrupted, MigrationError
-from runner.history import Tables, as_fields
+from runner.history import History, as_fields
 from runner.settings import Settings
 from runner.statements import Plan, Statement, line_col
 
@@ -66,7 +66,7 @@ def _duration_ms(seconds: float) -> str:
 
 
 class Applier:
-    def __init__(self, conn: Connection, tables: Tables, settings: Settings) -> None:
+    def __init__(self, conn: Connection, tables: History, settings: Settings) -> None:
         self.conn = conn
         self.tables = tables
         self.settings = settings

@@ -1,36 +1,36 @@
-"""The bookkeeping tables (SPEC §3) and the checks of history against the files.
+"""The history of applied migrations, in one of two formats, and its checks against the
+files (SPEC §3, §8).
 
-`migration_history`: one row per applied (or failed part-way) version.
-`migration_audit`: one row per attempt, never updated.
-Every identifier is quoted with psycopg.sql: MIGRATE_SCHEMA may be any name.
+A format is one object (`History`): the history table's DDL and rows, the checksum of a
+file, the advisory lock key and the rules for reading the folder. `native` keeps
+`migration_history`; `sqlx` (runner.sqlx) keeps sqlx's `_sqlx_migrations`, shared with
+the app. Both keep the audit table `migration_audit`. Commands use only this interface,
+so none of them knows which format it runs in. Every identifier is schema-qualified and
+quoted: MIGRATE_SCHEMA may be any name, and a migration may leave its own search_path.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from psycopg import sql
 
+from runner import files, statements
 from runner.database import Connection
+from runner.errors import ValidationError
 from runner.files import Migration
+from runner.lock import lock_key
 
-_HISTORY_DDL = """
-CREATE TABLE {history} (
-    version           bigint      PRIMARY KEY,
-    description       text        NOT NULL,
-    checksum          text        NOT NULL,
-    applied_at        timestamptz NOT NULL DEFAULT now(),
-    applied_by        text        NOT NULL DEFAULT current_user,
-    execution_time_ms bigint      NOT NULL DEFAULT 0,
-    status            text        NOT NULL CHECK (status IN ('applied', 'failed'))
-)"""
 # The time since the transaction began, for a caller that queued the statements in a
 # pipeline and so cannot time them itself.
-ELAPSED_MS = "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint"
+ELAPSED_MS = ("(extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.now()) * 1000)"
+              "::pg_catalog.int8")
 
 _AUDIT_DDL = """
 CREATE TABLE {audit} (
@@ -53,10 +53,10 @@ CREATE TABLE {audit} (
 class Applied:
     version: int
     description: str
-    checksum: str
+    checksum: str  # hex, whatever the format stores
     applied_at: datetime
-    execution_time_ms: int
-    status: str
+    execution_time_ms: int | None  # None: not recorded (sqlx's -1 before its update)
+    status: str  # applied or failed
 
 
 def client_host() -> str:
@@ -64,28 +64,73 @@ def client_host() -> str:
     return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
-class Tables:
+class History:
+    """One history format. Subclasses give the table, its rows and the file rules."""
+
+    format = ""
+    table = ""
+    # Tables of the other format: beside an empty history of ours they mean the database
+    # was migrated by the other one (SPEC §8), and the setting that reads them.
+    other_tables: tuple[tuple[str, str], ...] = ()
+    other_fix = ""
+    baseline_over_other = False  # may `baseline` write beside the other format's rows?
+
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        self.history = sql.Identifier(schema, "migration_history")
+        self.history = sql.Identifier(schema, self.table)
         self.audit = sql.Identifier(schema, "migration_audit")
+        self.bookkeeping = {(schema, self.table), (schema, "migration_audit")}
         self.host = client_host()
-        # Composed once: they go out with every migration.
-        self._record_applied = sql.SQL(
-            "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "
-            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied') "
-            "ON CONFLICT (version) DO UPDATE SET "
-            "checksum = EXCLUDED.checksum, execution_time_ms = EXCLUDED.execution_time_ms, "
-            "applied_at = now(), applied_by = current_user, status = 'applied'"
-        ).format(self.history).as_string(None)
         self._audit_row = sql.SQL(
             "INSERT INTO {} (version, description, direction, checksum, execution_time_ms, "
             "success, error_message, client_host) "
             "VALUES (%s, %s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), %s, %s, %s)"
         ).format(self.audit).as_string(None)
 
+    # --- the folder ------------------------------------------------------------------
+
+    def read_folder(self, folder: Path) -> files.Folder:
+        """Every forward file with its rollback, and every problem; none raised."""
+        raise NotImplementedError
+
+    def load(self, folder: Path) -> list[Migration]:
+        """The forward migrations, or a ValidationError naming every bad file."""
+        result = self.read_folder(folder)
+        if result.problems:
+            raise ValidationError(result.problems)
+        return result.migrations
+
+    def lex(self, migrations: list[Migration]) -> tuple[list[statements.Plan], list[str]]:
+        """The plans of the good forward files and every problem of every file."""
+        raise NotImplementedError
+
+    def lex_rollbacks(self, migrations: list[Migration]
+                      ) -> tuple[list[statements.Plan], list[str]]:
+        """The rollback plans of `migrations`, in order, and every reason not to run one."""
+        raise NotImplementedError
+
+    def plan(self, migrations: list[Migration]) -> list[statements.Plan]:
+        """Lex every file; a ValidationError lists every problem of every file."""
+        plans, problems = self.lex(migrations)
+        if problems:
+            raise ValidationError(problems)
+        return plans
+
+    def eol_only(self, m: Migration, checksum: str) -> bool:
+        """Whether a stored `checksum` differing from `m.checksum` is a line-ending or BOM
+        difference only (not an edit)."""
+        return False
+
+    # --- the database ----------------------------------------------------------------
+
+    def lock_key(self, database: str) -> int:
+        raise NotImplementedError
+
+    def _history_ddl(self) -> sql.Composed:
+        raise NotImplementedError
+
     def exist(self, conn: Connection) -> bool:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+        row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
                            (self.history.as_string(conn),)).fetchone()
         return bool(row and row[0])
 
@@ -93,8 +138,8 @@ class Tables:
         """Create what is missing. Runs under the advisory lock, so no two runners race;
         checks first, so a role without CREATE on an existing schema still works."""
         row = conn.execute(
-            "SELECT to_regnamespace(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
-            "to_regclass(%s) IS NOT NULL",
+            "SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL, "
+            "pg_catalog.to_regclass(%s) IS NOT NULL, pg_catalog.to_regclass(%s) IS NOT NULL",
             (sql.Identifier(self.schema).as_string(conn), self.history.as_string(conn),
              self.audit.as_string(conn))).fetchone()
         assert row is not None
@@ -105,7 +150,7 @@ class Tables:
             if not has_schema:
                 conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
             if not has_history:
-                conn.execute(sql.SQL(_HISTORY_DDL).format(history=self.history))
+                conn.execute(self._history_ddl())
             if not has_audit:
                 conn.execute(sql.SQL(_AUDIT_DDL).format(audit=self.audit))
 
@@ -115,32 +160,24 @@ class Tables:
         return self.read(conn) if self.exist(conn) else {}
 
     def read(self, conn: Connection) -> dict[int, Applied]:
-        rows = conn.execute(sql.SQL(
-            "SELECT version, description, checksum, applied_at, execution_time_ms, status "
-            "FROM {} ORDER BY version").format(self.history)).fetchall()
-        return {r[0]: Applied(*r) for r in rows}
+        raise NotImplementedError
 
     def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
         """Insert or complete the history row; inside the migration's transaction.
         `ms` None: the server measures the time since the transaction began."""
-        conn.execute(self._record_applied, (m.version, m.description, m.checksum, ms))
+        raise NotImplementedError
 
     def mark_started(self, conn: Connection, m: Migration) -> None:
         """A no-transaction migration is `failed` until it completes, so a crash part-way
         leaves a row that stops every later run until an operator repairs it."""
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (version, description, checksum, status) "
-            "VALUES (%s, %s, %s, 'failed')").format(self.history),
-            (m.version, m.description, m.checksum))
+        raise NotImplementedError
 
     def mark_failed(self, conn: Connection, version: int) -> None:
         """A no-transaction rollback is `failed` until it completes, like a forward one."""
-        conn.execute(sql.SQL("UPDATE {} SET status = 'failed' WHERE version = %s").format(
-            self.history), (version,))
+        raise NotImplementedError
 
     def set_checksum(self, conn: Connection, version: int, checksum: str) -> None:
-        conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(
-            self.history), (checksum, version))
+        raise NotImplementedError
 
     def delete(self, conn: Connection, version: int) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.history),
@@ -150,6 +187,106 @@ class Tables:
                   ms: int | None, success: bool, error: str | None = None) -> None:
         conn.execute(self._audit_row, (m.version, m.description, direction, m.checksum, ms,
                                        success, error, self.host))
+
+    def other_history(self, conn: Connection) -> str | None:
+        """When the other format's table holds rows: what it holds; else None. Read-only.
+        "" as schema: MIGRATE_SCHEMA."""
+        for schema, table in self.other_tables:
+            name = sql.Identifier(schema or self.schema, table).as_string(conn)
+            row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                               (name,)).fetchone()
+            if not (row and row[0]):
+                continue
+            found = conn.execute(sql.SQL("SELECT pg_catalog.count(*), pg_catalog.max(version) "
+                                         "FROM {}").format(sql.SQL(name))).fetchone()
+            if found and found[0]:
+                return f"{name} holds {found[0]} rows (newest version {found[1]})"
+        return None
+
+    def refuse_beside_other(self, conn: Connection, applied: dict[int, Applied],
+                            command: str) -> None:
+        """SPEC §8: an empty history of ours beside the other format's rows is a database
+        the other tool migrated; applying or baselining here would repeat its work."""
+        if applied or (command == "baseline" and self.baseline_over_other):
+            return
+        other = self.other_history(conn)
+        if other:
+            raise ValidationError([
+                f"{command} refused: {self.history.as_string(conn)} is empty or missing, but "
+                f"{other}: the database was migrated with the other history format, which "
+                f"MIGRATE_HISTORY_FORMAT={self.format} does not read; {self.other_fix}. "
+                "Nothing was changed"])
+
+
+class NativeHistory(History):
+    """`migration_history` (SPEC §3): SHA-256 of the normalised text, the runner's own
+    lock key, the file rules of SPEC §2."""
+
+    format = "native"
+    table = "migration_history"
+    other_tables = (("", "_sqlx_migrations"), ("public", "_sqlx_migrations"))
+    other_fix = "set MIGRATE_HISTORY_FORMAT=sqlx to use that history"
+
+    _DDL = """
+CREATE TABLE {history} (
+    version           bigint      PRIMARY KEY,
+    description       text        NOT NULL,
+    checksum          text        NOT NULL,
+    applied_at        timestamptz NOT NULL DEFAULT now(),
+    applied_by        text        NOT NULL DEFAULT current_user,
+    execution_time_ms bigint      NOT NULL DEFAULT 0,
+    status            text        NOT NULL CHECK (status IN ('applied', 'failed'))
+)"""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        # Composed once: it goes out with every migration.
+        self._record_applied = sql.SQL(
+            "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "
+            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied') "
+            "ON CONFLICT (version) DO UPDATE SET "
+            "checksum = EXCLUDED.checksum, execution_time_ms = EXCLUDED.execution_time_ms, "
+            "applied_at = pg_catalog.now(), applied_by = current_user, status = 'applied'"
+        ).format(self.history).as_string(None)
+
+    def read_folder(self, folder: Path) -> files.Folder:
+        return files.read_folder(folder)
+
+    def lex(self, migrations: list[Migration]) -> tuple[list[statements.Plan], list[str]]:
+        return statements.lex(migrations)
+
+    def lex_rollbacks(self, migrations: list[Migration]
+                      ) -> tuple[list[statements.Plan], list[str]]:
+        return statements.lex_rollbacks(migrations)
+
+    def lock_key(self, database: str) -> int:
+        return lock_key(database, self.schema)
+
+    def _history_ddl(self) -> sql.Composed:
+        return sql.SQL(self._DDL).format(history=self.history)
+
+    def read(self, conn: Connection) -> dict[int, Applied]:
+        rows = conn.execute(sql.SQL(
+            "SELECT version, description, checksum, applied_at, execution_time_ms, status "
+            "FROM {} ORDER BY version").format(self.history)).fetchall()
+        return {r[0]: Applied(*r) for r in rows}
+
+    def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
+        conn.execute(self._record_applied, (m.version, m.description, m.checksum, ms))
+
+    def mark_started(self, conn: Connection, m: Migration) -> None:
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (version, description, checksum, status) "
+            "VALUES (%s, %s, %s, 'failed')").format(self.history),
+            (m.version, m.description, m.checksum))
+
+    def mark_failed(self, conn: Connection, version: int) -> None:
+        conn.execute(sql.SQL("UPDATE {} SET status = 'failed' WHERE version = %s").format(
+            self.history), (version,))
+
+    def set_checksum(self, conn: Connection, version: int, checksum: str) -> None:
+        conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(
+            self.history), (checksum, version))
 
 
 @dataclass
@@ -162,6 +299,7 @@ class Comparison:
     failed: list[Applied]
     out_of_order: list[Migration]
     applied_versions: list[int]
+    eol_only: list[tuple[Migration, Applied]]  # stored checksum differs by line endings only
 
     def problems(self, strict: bool, allow_out_of_order: bool) -> list[str]:
         found = [f"{a.version}_{a.description}: failed part-way (no-transaction migration); "
@@ -187,19 +325,25 @@ class Comparison:
         return found
 
 
-def compare(migrations: list[Migration], applied: dict[int, Applied]) -> Comparison:
+def compare(migrations: list[Migration], applied: dict[int, Applied],
+            eol_only: Callable[[Migration, str], bool] = lambda m, c: False) -> Comparison:
+    """`eol_only`: the format's History.eol_only, telling a line-ending difference from
+    an edit."""
     by_version = {m.version: m for m in migrations}
     newest = max((v for v, a in applied.items()), default=None)
     pending = [m for m in migrations if m.version not in applied]
+    differing = [(by_version[v], a) for v, a in applied.items()
+                 if v in by_version and a.status == "applied"
+                 and by_version[v].checksum != a.checksum]
+    same = [(m, a) for m, a in differing if eol_only(m, a.checksum)]
     return Comparison(
         pending=pending,
-        changed=[(by_version[v], a) for v, a in applied.items()
-                 if v in by_version and a.status == "applied"
-                 and by_version[v].checksum != a.checksum],
+        changed=[pair for pair in differing if pair not in same],
         missing=[a for v, a in applied.items() if v not in by_version],
         failed=[a for a in applied.values() if a.status == "failed"],
         out_of_order=[m for m in pending if newest is not None and m.version < newest],
         applied_versions=sorted(applied),
+        eol_only=same,
     )
 
 

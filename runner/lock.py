@@ -47,7 +47,8 @@ SELECT pg_backend_pid(), EXISTS (
 
 
 def lock_key(database: str, schema: str, table: str = "migration_history") -> int:
-    """A signed 64-bit key: one lock per bookkeeping table, not one per server."""
+    """The native format's key, a signed 64-bit integer: one lock per bookkeeping table,
+    not one per server. (The sqlx format uses sqlx's key: runner.sqlx.lock_key.)"""
     digest = hashlib.sha256(f"{database}\0{schema}\0{table}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -67,9 +68,10 @@ def _holder(conn: Connection, key: int) -> dict[str, Any]:
 
 
 class AdvisoryLock:
-    def __init__(self, conn: Connection, schema: str) -> None:
+    def __init__(self, conn: Connection, key: int) -> None:
+        """`key`: the history format's advisory lock key (History.lock_key)."""
         self.conn = conn
-        self.key = lock_key(conn.info.dbname, schema)
+        self.key = key
         self.held = False
         self.pid = 0  # this session's backend, once acquire() has asked
         self.channel = f"migration_runner_{self.key & 0xFFFFFFFFFFFFFFFF:016x}"

@@ -106,6 +106,10 @@ SPECS = [
          False, "apply pending files older than the newest applied one"),
     Spec("strict", "MIGRATE_STRICT", "--strict", parse_bool, False,
          'treat "database is ahead of these files" as an error'),
+    Spec("history_format", "MIGRATE_HISTORY_FORMAT", "--history-format",
+         parse_choice("native", "sqlx"), "native",
+         "native (migration_history) or sqlx (_sqlx_migrations, shared with the app's "
+         "sqlx::migrate!)"),
     Spec("log_format", "MIGRATE_LOG_FORMAT", "--log-format", parse_choice("json", "console"), None,
          "json or console (default: console on a TTY, else json)"),
     Spec("log_level", "MIGRATE_LOG_LEVEL", "--log-level",
@@ -139,6 +143,7 @@ class Settings:
     statement_timeout: float
     allow_out_of_order: bool
     strict: bool
+    history_format: str
     log_format: str
     log_level: str
     pushgateway_url: str | None

@@ -29,6 +29,7 @@ class Plan:
     migration: Migration
     transactional: bool
     statements: tuple[Statement, ...]
+    wrapped: bool = False  # a psql BEGIN; ... COMMIT; wrapper was dropped (sqlx refuses it)
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:
@@ -108,7 +109,7 @@ class _CharOffsets:
         return self.last_char
 
 
-def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
+def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
     # The parser's JSON, not pglast's Python node objects: the same grammar and checks
     # at a fraction of the cost (no object per parse-tree node).
     from pglast.parser import ParseError, parse_sql_json
@@ -130,6 +131,8 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
         node = next(iter(raw["stmt"].items()))
         nodes.append((node, offset, to_char(end) - offset))
     if not nodes:
+        if empty_ok:
+            return Plan(m, transactional, ()), []
         return None, [f"{m.file}: contains no SQL statement (only comments); write its SQL"]
 
     problems: list[str] = []
@@ -139,7 +142,9 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
         return f"{m.file}:{line}:{col}"
 
     first, last = _txn_kind(nodes[0][0]), _txn_kind(nodes[-1][0])
-    if transactional and first in ("BEGIN", "START") and len(nodes) > 1 and last == "COMMIT":
+    wrapped = (transactional and first in ("BEGIN", "START") and len(nodes) > 1
+               and last == "COMMIT")
+    if wrapped:
         nodes = nodes[1:-1]  # the psql-style wrapper: the runner runs the body in its own
     for node, offset, _ in nodes:
         kind = _txn_kind(node)
@@ -155,15 +160,17 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     if not nodes and not problems:
         problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
     statements = tuple(Statement(o, text[o : o + n]) for _, o, n in nodes)
-    return Plan(m, transactional, statements), problems
+    return Plan(m, transactional, statements, wrapped), problems
 
 
-def lex(migrations: list[Migration]) -> tuple[list[Plan], list[str]]:
-    """Lex every file: the plans of the good ones and every problem of every file."""
+def lex(migrations: list[Migration], empty_ok: bool = False) -> tuple[list[Plan], list[str]]:
+    """Lex every file: the plans of the good ones and every problem of every file.
+    `empty_ok`: a file of comments only is a plan of no statements, not a problem (the
+    sqlx format's forward files, SPEC §8)."""
     plans: list[Plan] = []
     problems: list[str] = []
     for m in migrations:
-        result, found = _lex(m)
+        result, found = _lex(m, empty_ok)
         problems.extend(found)
         if result is not None and not found:
             plans.append(result)

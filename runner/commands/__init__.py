@@ -9,9 +9,18 @@ from dataclasses import dataclass
 from runner import files, log
 from runner.database import Connection, backend_pid, connect, server_version
 from runner.errors import ConfigError, ValidationError
-from runner.history import Applied, Comparison, compare
+from runner.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
+
+
+def history_for(settings: Settings) -> History:
+    """The history format MIGRATE_HISTORY_FORMAT names (SPEC §8)."""
+    if settings.history_format == "sqlx":
+        from runner.sqlx import SqlxHistory
+
+        return SqlxHistory(settings.schema)
+    return NativeHistory(settings.schema)
 
 
 def open_connection(settings: Settings, purpose: str) -> Connection:
@@ -67,9 +76,9 @@ class Session:
 
 
 @contextmanager
-def locked(settings: Settings) -> Iterator[Session]:
+def locked(settings: Settings, history: History) -> Iterator[Session]:
     lock_conn = open_connection(settings, "lock")
-    lock = AdvisoryLock(lock_conn, settings.schema)
+    lock = AdvisoryLock(lock_conn, history.lock_key(lock_conn.info.dbname))
     session = Session(settings, lock)
     try:
         lock.acquire(settings.lock_timeout)
@@ -86,13 +95,15 @@ class State:
     comparison: Comparison
 
 
-def read_state(applied: dict[int, Applied], migrations: list[files.Migration],
-               settings: Settings, to: int | None = None) -> State:
+def read_state(history: History, applied: dict[int, Applied],
+               migrations: list[files.Migration], settings: Settings,
+               to: int | None = None) -> State:
     """History against the files; a ValidationError for anything SPEC §3 refuses."""
-    comparison = compare(migrations, applied)
+    comparison = compare(migrations, applied, history.eol_only)
     problems = comparison.problems(settings.strict, settings.allow_out_of_order)
     if problems:
         raise ValidationError(problems)
+    warn_eol_only(comparison)
     if comparison.missing:
         log.get().warning("database_ahead", versions=[a.version for a in comparison.missing],
                           message="applied versions have no file here (a newer image ran); "
@@ -100,3 +111,14 @@ def read_state(applied: dict[int, Applied], migrations: list[files.Migration],
     if to is not None:
         comparison.pending = [m for m in comparison.pending if m.version <= to]
     return State(migrations, comparison)
+
+
+def warn_eol_only(comparison: Comparison) -> None:
+    """SPEC §8: not an edit, but the app, which hashes the raw bytes, will refuse it."""
+    for m, a in comparison.eol_only:
+        log.get().warning("checksum_eol_only", **as_fields(m), applied_checksum=a.checksum,
+                          file_checksum=m.checksum,
+                          message="the file differs from the applied one only in line endings "
+                                  "or a BOM; the app (sqlx) will refuse it: restore the "
+                                  "file's line endings, or run `migration-runner repair "
+                                  "--accept-checksums`")

@@ -7,36 +7,37 @@ what is newer. Refused on a database with any history: there it would hide real 
 
 from __future__ import annotations
 
-from runner import files, log
-from runner.commands import locked
+from runner import log
+from runner.commands import history_for, locked
 from runner.errors import ValidationError
-from runner.history import Tables, as_fields
+from runner.history import as_fields
 from runner.settings import Settings
 
 
 def baseline(settings: Settings, to: int) -> int:
     logger = log.get()
-    migrations = files.load(settings.migrations_path)
+    history = history_for(settings)
+    migrations = history.load(settings.migrations_path)
     if to not in {m.version for m in migrations}:
         # An exact version only: a typo such as 30 for 3 would adopt files never run.
         raise ValidationError([f"baseline refused: no migration file has version {to}; "
                                "give the version of the last file the database already has"])
     chosen = [m for m in migrations if m.version <= to]
-    tables = Tables(settings.schema)
-    with locked(settings) as session:
+    with locked(settings, history) as session:
         conn = session.work
-        tables.ensure(conn)
-        applied = tables.read(conn)
+        applied = history.read_if_exists(conn)
+        history.refuse_beside_other(conn, applied, "baseline")
+        history.ensure(conn)
         if applied:
             raise ValidationError([
-                f"baseline refused: migration_history already has {len(applied)} rows "
+                f"baseline refused: {history.table} already has {len(applied)} rows "
                 f"(newest version {max(applied)}); baseline is only for a database the "
                 "runner has never migrated. Use `status` to see its state"])
         session.check_same_session()
         with conn.transaction():
             for m in chosen:
-                tables.record_applied(conn, m, 0)
-                tables.audit_row(conn, m, "baseline", 0, True)
+                history.record_applied(conn, m, 0)
+                history.audit_row(conn, m, "baseline", 0, True)
         for m in chosen:
             logger.info("migration_baselined", **as_fields(m))
         logger.info("baseline_complete", recorded=len(chosen), to=to,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-from runner import files, log, statements
+from runner import log, statements
 from runner.apply import Applier
-from runner.commands import locked, read_only, read_state
-from runner.history import Tables
+from runner.commands import history_for, locked, read_only, read_state
 from runner.settings import Settings
 
 
@@ -17,28 +16,31 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         logger.info("migrations_skipped", reason="RUN_MIGRATIONS is false")
         return 0
     started = time.monotonic()
-    migrations = files.load(settings.migrations_path)
-    tables = Tables(settings.schema)
+    history = history_for(settings)
+    migrations = history.load(settings.migrations_path)
     if dry_run:
         with read_only(settings, "dry-run") as conn:
-            state = read_state(tables.read_if_exists(conn), migrations, settings, to)
-        print_plan(statements.plan(state.comparison.pending))
+            applied = history.read_if_exists(conn)
+            history.refuse_beside_other(conn, applied, "migrate")
+            state = read_state(history, applied, migrations, settings, to)
+        print_plan(history.plan(state.comparison.pending))
         return 0
-    with locked(settings) as session:
+    with locked(settings, history) as session:
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
-        applied = tables.read_if_exists(session.lock.conn)
-        pending = read_state(applied, migrations, settings, to).comparison.pending
+        applied = history.read_if_exists(session.lock.conn)
+        history.refuse_beside_other(session.lock.conn, applied, "migrate")
+        pending = read_state(history, applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
         if pending or not applied:  # an empty history: the tables may be missing too
             work = session.work  # opening it refuses a pooler before anything is created
-            tables.ensure(work)
-            plans = statements.plan(pending)
+            history.ensure(work)
+            plans = history.plan(pending)
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])
         if plans:
-            applier = Applier(session.work, tables, settings)
+            applier = Applier(session.work, history, settings)
             for plan in plans:
                 applier.apply(plan)
         logger.info("migrations_complete", applied=len(plans), pending_before=len(pending),

@@ -9,10 +9,10 @@ an audit row `repair`; all of them commit together, under the lock.
 
 from __future__ import annotations
 
-from runner import files, log
-from runner.commands import locked
+from runner import log
+from runner.commands import history_for, locked
 from runner.errors import ConfigError, ValidationError
-from runner.history import Tables, as_fields
+from runner.history import as_fields
 from runner.settings import Settings
 
 
@@ -21,16 +21,16 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool) -> int:
         raise ConfigError("repair: say what to repair: --failed, --accept-checksums or both "
                           "(see --help)")
     logger = log.get()
-    folder = files.read_folder(settings.migrations_path)
+    history = history_for(settings)
+    folder = history.read_folder(settings.migrations_path)
     # Checksums must come from a folder that passes the file checks; --failed must work
     # even in one that does not (the files only name the rows in the log).
     if accept_checksums and folder.problems:
         raise ValidationError(folder.problems)
     by_version = {m.version: m for m in folder.migrations}
-    tables = Tables(settings.schema)
-    with locked(settings) as session:
+    with locked(settings, history) as session:
         conn = session.work
-        applied = tables.read_if_exists(conn)
+        applied = history.read_if_exists(conn)
         clear = [a for a in applied.values() if failed and a.status == "failed"]
         accept = [(by_version[v], a) for v, a in applied.items()
                   if accept_checksums and v in by_version and a.status == "applied"
@@ -38,11 +38,11 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool) -> int:
         session.check_same_session()
         with conn.transaction():
             for a in clear:
-                tables.delete(conn, a.version)
-                tables.audit_row(conn, a, "repair", 0, True)
+                history.delete(conn, a.version)
+                history.audit_row(conn, a, "repair", 0, True)
             for m, _ in accept:
-                tables.set_checksum(conn, m.version, m.checksum)
-                tables.audit_row(conn, m, "repair", 0, True)
+                history.set_checksum(conn, m.version, m.checksum)
+                history.audit_row(conn, m, "repair", 0, True)
         for a in clear:
             local = by_version.get(a.version)
             logger.info("failed_row_cleared", version=a.version,

@@ -13,9 +13,9 @@ import time
 
 from runner import files, log, statements
 from runner.apply import Applier
-from runner.commands import locked
+from runner.commands import history_for, locked
 from runner.errors import ValidationError
-from runner.history import Applied, Tables
+from runner.history import Applied, History
 from runner.settings import Settings
 
 
@@ -31,7 +31,7 @@ def targets(applied: dict[int, Applied], steps: int | None, to: int | None) -> l
     return newest_first[: steps if steps is not None else 1]
 
 
-def check(chosen: list[Applied], applied: dict[int, Applied],
+def check(history: History, chosen: list[Applied], applied: dict[int, Applied],
           migrations: list[files.Migration]) -> list[statements.Plan]:
     """The rollback plans, in order; a ValidationError naming every reason not to start."""
     by_version = {m.version: m for m in migrations}
@@ -44,13 +44,13 @@ def check(chosen: list[Applied], applied: dict[int, Applied],
         if m is None:
             problems.append(f"{a.version}_{a.description}: applied, but neither it nor its "
                             "rollback file is in this folder; use the image that applied it")
-        elif m.checksum != a.checksum:
+        elif m.checksum != a.checksum and not history.eol_only(m, a.checksum):
             problems.append(f"{m.file}: changed after it was applied, so its rollback may "
                             "not match what ran; restore the file, or run `migration-runner "
                             "repair --accept-checksums` if the edit is intended")
         else:
             needed.append(m)
-    plans, found = statements.lex_rollbacks(needed)
+    plans, found = history.lex_rollbacks(needed)
     problems += found
     if problems:
         raise ValidationError(problems)
@@ -60,15 +60,15 @@ def check(chosen: list[Applied], applied: dict[int, Applied],
 def rollback(settings: Settings, steps: int | None = None, to: int | None = None) -> int:
     logger = log.get()
     started = time.monotonic()
-    migrations = files.load(settings.migrations_path)
-    tables = Tables(settings.schema)
-    with locked(settings) as session:
+    history = history_for(settings)
+    migrations = history.load(settings.migrations_path)
+    with locked(settings, history) as session:
         conn = session.work
-        applied = tables.read_if_exists(conn)
+        applied = history.read_if_exists(conn)
         chosen = targets(applied, steps, to)
-        plans = check(chosen, applied, migrations)
+        plans = check(history, chosen, applied, migrations)
         session.check_same_session()
-        applier = Applier(conn, tables, settings)
+        applier = Applier(conn, history, settings)
         for plan in plans:
             applier.revert(plan)
         undone = {p.migration.version for p in plans}

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from runner import files, log
-from runner.commands import read_only
-from runner.history import Applied, Tables
+from runner.commands import history_for, read_only, warn_eol_only
+from runner.history import Applied, compare
 from runner.settings import Settings
 
 STATES = ("applied", "pending", "failed", "changed", "missing", "out_of_order")
@@ -41,8 +41,10 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def classify(migrations: list[files.Migration], applied: dict[int, Applied]) -> list[Row]:
-    """One row per version, files and history together, by version."""
+def classify(migrations: list[files.Migration], applied: dict[int, Applied],
+             eol_only: set[int] | frozenset[int] = frozenset()) -> list[Row]:
+    """One row per version, files and history together, by version. `eol_only`: versions
+    whose stored checksum differs by line endings only (applied, not changed)."""
     newest = max(applied, default=None)
     rows: list[Row] = []
     for m in migrations:
@@ -53,7 +55,8 @@ def classify(migrations: list[files.Migration], applied: dict[int, Applied]) -> 
                             m.checksum, None, None, None))
             continue
         state = ("failed" if a.status == "failed"
-                 else "changed" if a.checksum != m.checksum else "applied")
+                 else "changed" if a.checksum != m.checksum and m.version not in eol_only
+                 else "applied")
         rows.append(Row(m.version, m.name, m.file, state, m.checksum, a.checksum,
                         _iso(a.applied_at), a.execution_time_ms))
     local = {m.version for m in migrations}
@@ -101,13 +104,16 @@ def table(rows: list[Row], color: bool) -> str:
 
 
 def status(settings: Settings, as_json: bool) -> int:
-    folder = files.read_folder(settings.migrations_path)
+    history = history_for(settings)
+    folder = history.read_folder(settings.migrations_path)
     for problem in folder.problems:
         # Shown, not fatal: the operator asked what the database looks like.
         log.get().warning("file_problem", problem=problem)
     with read_only(settings, "status") as conn:
-        applied = Tables(settings.schema).read_if_exists(conn)
-    rows = classify(folder.migrations, applied)
+        applied = history.read_if_exists(conn)
+    comparison = compare(folder.migrations, applied, history.eol_only)
+    warn_eol_only(comparison)
+    rows = classify(folder.migrations, applied, {m.version for m, _ in comparison.eol_only})
     if as_json:
         print(json.dumps(document(rows), indent=2))
     else:

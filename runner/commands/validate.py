@@ -8,29 +8,35 @@ a CI log shows it plainly; the log gets the same list.
 
 from __future__ import annotations
 
-from runner import files, log, statements
-from runner.commands import read_only
+from runner import files, log
+from runner.commands import history_for, read_only, warn_eol_only
 from runner.errors import ValidationError
-from runner.history import Tables, compare
+from runner.history import History, compare
 from runner.settings import Settings
 
 
-def file_problems(folder: files.Folder) -> list[str]:
+def file_problems(history: History, folder: files.Folder) -> list[str]:
     problems = list(folder.problems)
-    problems += statements.lex(folder.migrations)[1]
+    problems += history.lex(folder.migrations)[1]
     with_rollback = [m for m in folder.migrations if m.rollback is not None]
-    problems += statements.lex_rollbacks(with_rollback)[1]
+    problems += history.lex_rollbacks(with_rollback)[1]
     # A rollback file that is not UTF-8 is reported by read_folder and by its lexing.
     return list(dict.fromkeys(problems))
 
 
 def validate(settings: Settings, offline: bool) -> int:
-    folder = files.read_folder(settings.migrations_path)
-    problems = file_problems(folder)
+    history = history_for(settings)
+    folder = history.read_folder(settings.migrations_path)
+    problems = file_problems(history, folder)
     if not offline:
         with read_only(settings, "validate") as conn:
-            applied = Tables(settings.schema).read_if_exists(conn)
-        comparison = compare(folder.migrations, applied)
+            applied = history.read_if_exists(conn)
+            try:  # what `migrate` would refuse first (SPEC §8)
+                history.refuse_beside_other(conn, applied, "migrate")
+            except ValidationError as exc:
+                problems += exc.problems
+        comparison = compare(folder.migrations, applied, history.eol_only)
+        warn_eol_only(comparison)
         problems += comparison.problems(settings.strict, settings.allow_out_of_order)
         if comparison.missing and not comparison.pending and not settings.strict:
             log.get().warning("database_ahead",

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from runner import log
-from runner.commands import open_connection
+from runner.commands import history_for, open_connection
 from runner.database import Connection
 from runner.errors import ConfigError, ValidationError
 from runner.settings import Settings
 
 _SYSTEM = ("pg_catalog", "information_schema", "pg_toast")
-BOOKKEEPING = ("migration_history", "migration_audit")
 
 _TABLES = """
 SELECT n.nspname, c.relname, c.oid, c.reltuples
@@ -53,12 +52,14 @@ def _schemas(conn: Connection, wanted: list[str]) -> list[str]:
     return [r[0] for r in rows]
 
 
-def report(conn: Connection, wanted: list[str], bookkeeping_schema: str) -> dict[str, Any]:
+def report(conn: Connection, wanted: list[str],
+           bookkeeping: set[tuple[str, str]]) -> dict[str, Any]:
+    """`bookkeeping`: (schema, table) of the history format's tables, left out."""
     schemas = _schemas(conn, wanted)
     tables: dict[int, dict[str, Any]] = {}
     result: dict[str, Any] = {"schemas": {s: {"tables": {}} for s in schemas}}
     for schema, name, oid, reltuples in conn.execute(_TABLES, {"schemas": schemas}):
-        if schema == bookkeeping_schema and name in BOOKKEEPING:
+        if (schema, name) in bookkeeping:
             continue
         table: dict[str, Any] = {"columns": {}, "constraints": {}, "indexes": {},
                  "estimated_rows": None if reltuples < 0 else int(reltuples)}
@@ -135,7 +136,7 @@ def verify(settings: Settings, schemas: list[str], write: str | None,
         if not schemas:
             schemas = sorted(expected.get("schemas", {})) if expected else []
     with open_connection(settings, "verify") as conn:
-        actual = report(conn, schemas, settings.schema)
+        actual = report(conn, schemas, history_for(settings).bookkeeping)
     text = json.dumps(actual, indent=2, sort_keys=True) + "\n"
     if write:
         Path(write).write_text(text)

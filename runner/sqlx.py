@@ -1,0 +1,117 @@
+"""The sqlx history format (SPEC §8): `_sqlx_migrations`, shared with the app.
+
+What sqlx writes, from sqlx-postgres src/migrate.rs: the table (`ensure_migrations_table`),
+one row per applied file (`execute_migration`: version, description, success TRUE, the
+SHA-384 checksum as bytea, execution_time in nanoseconds; sqlx writes -1 and updates it
+after its commit, the runner writes the time in the migration's own transaction), the row
+deleted on revert (`revert_migration`), `success = false` refused as dirty
+(`dirty_version`), and the advisory lock key (`generate_lock_id`). The folder is read by
+runner.sqlx_files, as sqlx reads it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from psycopg import sql
+
+from runner import log, sqlx_files, statements
+from runner.database import Connection
+from runner.files import Folder, Migration
+from runner.history import Applied, History
+
+# sqlx's DDL, verbatim but for the schema-qualified name.
+_DDL = """
+CREATE TABLE IF NOT EXISTS {history} (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+    success BOOLEAN NOT NULL,
+    checksum BYTEA NOT NULL,
+    execution_time BIGINT NOT NULL
+)"""
+_ELAPSED_NS = ("(extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.now()) "
+               "* 1000000000)::pg_catalog.int8")
+_LOCK_FACTOR = 0x3D32AD9E  # sqlx's generate_lock_id: "chosen by fair dice roll"
+
+
+def lock_key(database: str) -> int:
+    """sqlx's advisory lock key: 0x3d32ad9e times the CRC-32/ISO-HDLC of the database name,
+    as a signed 64-bit integer (the product never exceeds it)."""
+    return _LOCK_FACTOR * zlib.crc32(database.encode())
+
+
+class SqlxHistory(History):
+    format = "sqlx"
+    table = "_sqlx_migrations"
+    other_tables = (("", "migration_history"),)
+    other_fix = ("run `migration-runner baseline --to V` in the sqlx format to move that "
+                 "database to it, or set MIGRATE_HISTORY_FORMAT=native")
+    baseline_over_other = True  # baseline is how a native database moves to sqlx
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(schema)
+        self._record_applied = sql.SQL(
+            "INSERT INTO {} (version, description, success, checksum, execution_time) "
+            "VALUES (%s, %s, TRUE, %s, COALESCE(%s, " + _ELAPSED_NS + ")) "
+            "ON CONFLICT (version) DO UPDATE SET description = EXCLUDED.description, "
+            "success = TRUE, checksum = EXCLUDED.checksum, "
+            "execution_time = EXCLUDED.execution_time, installed_on = pg_catalog.now()"
+        ).format(self.history).as_string(None)
+
+    def read_folder(self, folder: Path) -> Folder:
+        return sqlx_files.read_folder(folder)
+
+    def lex(self, migrations: list[Migration]) -> tuple[list[statements.Plan], list[str]]:
+        return sqlx_files.lex(migrations, forward=True)
+
+    def lex_rollbacks(self, migrations: list[Migration]
+                      ) -> tuple[list[statements.Plan], list[str]]:
+        return sqlx_files.lex_rollbacks(migrations)
+
+    def plan(self, migrations: list[Migration]) -> list[statements.Plan]:
+        plans = super().plan(migrations)
+        for p in plans:
+            if not p.statements:
+                log.get().warning("empty_migration", version=p.migration.version,
+                                  name=p.migration.name, file=p.migration.file,
+                                  message="the file holds only comments: applied as a "
+                                          "no-op and recorded, as sqlx does")
+        return plans
+
+    def eol_only(self, m: Migration, checksum: str) -> bool:
+        return checksum in sqlx_files.eol_checksums(m.text)
+
+    def lock_key(self, database: str) -> int:
+        return lock_key(database)
+
+    def _history_ddl(self) -> sql.Composed:
+        return sql.SQL(_DDL).format(history=self.history)
+
+    def read(self, conn: Connection) -> dict[int, Applied]:
+        rows = conn.execute(sql.SQL(
+            "SELECT version, description, checksum, installed_on, execution_time, success "
+            "FROM {} ORDER BY version").format(self.history)).fetchall()
+        return {r[0]: Applied(r[0], r[1], bytes(r[2]).hex(), r[3],
+                              r[4] // 1_000_000 if r[4] >= 0 else None,
+                              "applied" if r[5] else "failed") for r in rows}
+
+    def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
+        ns = None if ms is None else ms * 1_000_000
+        conn.execute(self._record_applied,
+                     (m.version, m.description, bytes.fromhex(m.checksum), ns))
+
+    def mark_started(self, conn: Connection, m: Migration) -> None:
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (version, description, success, checksum, execution_time) "
+            "VALUES (%s, %s, FALSE, %s, -1)").format(self.history),
+            (m.version, m.description, bytes.fromhex(m.checksum)))
+
+    def mark_failed(self, conn: Connection, version: int) -> None:
+        conn.execute(sql.SQL("UPDATE {} SET success = FALSE WHERE version = %s").format(
+            self.history), (version,))
+
+    def set_checksum(self, conn: Connection, version: int, checksum: str) -> None:
+        conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(
+            self.history), (bytes.fromhex(checksum), version))
