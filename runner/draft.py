@@ -80,7 +80,7 @@ def draft(plan: Plan) -> Draft:
     """The rollback draft of a lexed forward file (its statements in file order, the
     BEGIN/COMMIT wrapper already dropped). Pure: touches no file and no database. The
     plan's statements were parsed once already, so pglast raises nothing here."""
-    inverter = Inverter()
+    inverter = Inverter(plan.transactional)
     for statement in plan.statements:
         line = line_col(plan.migration.text, statement.offset)[0]
         for raw in pglast.parse_sql(statement.sql):

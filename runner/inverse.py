@@ -107,8 +107,9 @@ def _same(a: Key, b: Key) -> bool:
 
 
 class Inverter:
-    def __init__(self) -> None:
+    def __init__(self, transactional: bool = True) -> None:
         self.items: list[Created | Note] = []
+        self.transactional = transactional
 
     # --- bookkeeping -----------------------------------------------------------------------
     def find(self, key: Key) -> Created | None:
@@ -367,8 +368,11 @@ class Inverter:
             found.append(_key("rel", _names(node.pktable, None)))
         return found
 
-    @staticmethod
-    def if_not_exists(node: Any) -> str:
+    def if_not_exists(self, node: Any) -> str:
+        # In a no-transaction file IF NOT EXISTS is what makes a re-run after a failure
+        # safe (the migration guide asks for it), not a sign the object may predate it.
+        if not self.transactional and type(node).__name__ != "CreateExtensionStmt":
+            return ""
         if getattr(node, "if_not_exists", False) or getattr(node, "missing_ok", False):
             return "IF NOT EXISTS: drop it only if this migration created it"
         return ""

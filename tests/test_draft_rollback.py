@@ -230,7 +230,7 @@ def test_concurrent_index_draft_is_one_no_transaction_statement(db: Db, migratio
     folder = migrations({
         "1_base.up.sql": BASE, "1_base.down.sql": "DROP TABLE items, old_stuff;",
         "2_label_idx.up.sql": "-- migrate:no-transaction\n"
-                              "CREATE INDEX CONCURRENTLY items_label_idx\n"
+                              "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_label_idx\n"
                               "    ON public.items (label);\n",
     })
     ok(run(db.url, folder, "migrate", "--to", "1"))
@@ -239,6 +239,8 @@ def test_concurrent_index_draft_is_one_no_transaction_statement(db: Db, migratio
     assert draft.splitlines()[0] == "-- migrate:no-transaction"
     assert [line for line in draft.splitlines() if not line.startswith("--") and line] == [
         "DROP INDEX CONCURRENTLY IF EXISTS public.items_label_idx;"]
+    # IF NOT EXISTS is what the guide asks of a no-transaction file: no review needed.
+    assert "rollback_draft_needs_review" not in drafted.names()
 
 
 # --- what a draft cannot undo ----------------------------------------------------------------
@@ -334,3 +336,41 @@ def test_unknown_version_and_bad_forward_file_exit_5(migrations: Files) -> None:
     bad = run(None, folder, "draft-rollback", "2")
     assert bad.code == 5 and "2_bad.sql:1:" in bad.event("run_failed")["error"]
     assert sorted(p.name for p in folder.iterdir()) == ["1_a.sql", "2_bad.sql"]
+
+
+def test_objects_that_may_predate_the_file_are_dropped_with_a_review_note(
+        migrations: Files) -> None:
+    folder = migrations({"5_maybe.sql": """\
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TABLE IF NOT EXISTS settings (k text);
+CREATE OR REPLACE FUNCTION answer() RETURNS int LANGUAGE sql AS $$SELECT 42$$;
+CREATE SCHEMA reports
+    CREATE TABLE daily (day date)
+    CREATE VIEW latest AS SELECT max(day) FROM daily;
+"""})
+    result = ok(run(None, folder, "draft-rollback", "5", "--stdout"))
+    body = result.stdout.split("then commit it.\n\n")[1].splitlines()
+    assert body == [
+        "DROP VIEW reports.latest;",
+        "DROP TABLE reports.daily;",
+        "DROP SCHEMA reports;",
+        "-- review: CREATE FUNCTION at line 3 used OR REPLACE: if it replaced an older "
+        "definition, restore that instead",
+        "DROP FUNCTION answer ();",
+        "-- review: CREATE TABLE at line 2 used IF NOT EXISTS: drop it only if this migration "
+        "created it",
+        "DROP TABLE settings;",
+        "-- review: CREATE EXTENSION at line 1 used IF NOT EXISTS: drop it only if this "
+        "migration created it",
+        "DROP EXTENSION pgcrypto;",
+    ]
+    warning = result.event("rollback_draft_needs_review")
+    assert warning["lines"] == [1, 2, 3]
+    assert warning["statements"] == ["CREATE EXTENSION at line 1", "CREATE TABLE at line 2",
+                                     "CREATE FUNCTION at line 3"]
+
+
+def test_draft_rollback_has_help() -> None:
+    result = ok(run(None, None, "draft-rollback", "--help"))
+    assert "usage: migration-runner draft-rollback" in result.stdout
+    assert "--stdout" in result.stdout
