@@ -11,6 +11,7 @@ CASCADE and a comment saying why. What cannot be undone stays a comment at its p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pglast
 from pglast.enums import DropBehavior
@@ -26,6 +27,22 @@ class Draft:
     no_transaction: bool  # it holds a DROP INDEX CONCURRENTLY
     needs_review: list[Note]  # every line a person must look at, in file order
     drops: int
+    squawk_rules: list[str]  # the ban-drop-* rules of squawk (the folder's linter) it trips
+
+
+# squawk flags every DROP of these; in a rollback file dropping is the point.
+_SQUAWK = {"OBJECT_TABLE": "ban-drop-table", "OBJECT_FUNCTION": "ban-drop-function",
+           "OBJECT_PROCEDURE": "ban-drop-function", "OBJECT_SCHEMA": "ban-drop-schema",
+           "OBJECT_TYPE": "ban-drop-type", "OBJECT_DOMAIN": "ban-drop-domain",
+           "OBJECT_VIEW": "ban-drop-view", "OBJECT_MATVIEW": "ban-drop-view",
+           "OBJECT_SEQUENCE": "ban-drop-sequence", "OBJECT_EXTENSION": "ban-drop-extension",
+           "AT_DropColumn": "ban-drop-column", "AT_DropConstraint": "ban-drop-constraint"}
+
+
+def _squawk_rule(drop: Any) -> str | None:
+    if type(drop).__name__ == "DropStmt":
+        return _SQUAWK.get(drop.removeType.name)
+    return _SQUAWK.get(drop.cmds[0].subtype.name)
 
 
 def _resolve(items: list[Created | Note]) -> list[Created]:
@@ -73,7 +90,9 @@ def _render(items: list[Created | Note]) -> Draft:
         out.append(RawStream()(item.drop) + ";")
     review = [i for i in items if isinstance(i, Note)]
     review += [Note(o.line, o.what, o.review) for o in emitted if o.review]
-    return Draft(out, no_transaction, sorted(review, key=lambda n: n.line), len(emitted))
+    rules = {_squawk_rule(o.drop) for o in emitted} - {None}
+    return Draft(out, no_transaction, sorted(review, key=lambda n: n.line), len(emitted),
+                 sorted(r for r in rules if r))
 
 
 def draft(plan: Plan) -> Draft:

@@ -41,6 +41,14 @@ def forward_files(folder: Path) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def body(draft: str) -> list[str]:
+    """The draft's lines after its header and its squawk-ignore line."""
+    rest = draft.partition("then commit it.\n\n")[2]
+    if rest.startswith("-- Dropping is the point of a rollback file:"):
+        rest = rest.split("\n\n", 1)[1]
+    return rest.splitlines()
+
+
 def line_of(text: str, start: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(start))
 
@@ -179,8 +187,8 @@ def test_every_object_kind_is_dropped_in_reverse_order(db: Db, migrations: Files
     drafted = ok(run(None, folder, "draft-rollback", "2"))
     draft = (folder / "2_every_kind_rollback.sql").read_text()
     assert drafted.stdout.strip() == str(folder / "2_every_kind_rollback.sql")
-    body = [line for line in draft.splitlines() if line and not line.startswith("--")]
-    assert body == [
+    drops = [line for line in draft.splitlines() if line and not line.startswith("--")]
+    assert drops == [
         'DROP EVENT TRIGGER kind_test_ddl;',
         'DROP FUNCTION "Kind Test".ddl_hook ();',
         'DROP RULE items_keep ON items;',
@@ -266,8 +274,8 @@ def test_data_changes_become_comments_at_their_place(db: Db, migrations: Files) 
     base = BASE + "CREATE TYPE base_mood AS ENUM ('ok');\n"
     folder = migrations({"1_base.sql": base, "2_reshape.sql": DATA_CHANGES})
     result = ok(run(None, folder, "draft-rollback", "2", "--stdout"))
-    body = result.stdout.split("check it, fill in the TODOs, then commit it.\n\n")[1]
-    assert body.splitlines() == [
+    assert "-- squawk-ignore-file ban-drop-table\n" in result.stdout
+    assert body(result.stdout) == [
         "-- cannot undo automatically: DO at line 12 — write the reverse by hand",
         "-- cannot undo automatically: DROP TABLE at line 11 — recreate what it dropped by hand",
         "-- cannot undo automatically: ALTER TYPE … ADD VALUE at line 10 — write the reverse by "
@@ -301,8 +309,8 @@ INSERT INTO real_one VALUES ($q$CREATE TABLE ghost_dollar (id int);$q$),
 COMMIT;
 """})
     result = ok(run(None, folder, "draft-rollback", "1", "--stdout"))
-    body = [line for line in result.stdout.splitlines() if not line.startswith("--") and line]
-    assert body == ["BEGIN;", "DROP TABLE public.real_one;", "COMMIT;"]
+    drops = [line for line in result.stdout.splitlines() if not line.startswith("--") and line]
+    assert drops == ["BEGIN;", "DROP TABLE public.real_one;", "COMMIT;"]
     assert "ghost_" not in result.stdout
     assert "rollback_draft_needs_review" not in result.names()  # rows of its own table
 
@@ -349,8 +357,9 @@ CREATE SCHEMA reports
     CREATE VIEW latest AS SELECT max(day) FROM daily;
 """})
     result = ok(run(None, folder, "draft-rollback", "5", "--stdout"))
-    body = result.stdout.split("then commit it.\n\n")[1].splitlines()
-    assert body == [
+    assert ("-- squawk-ignore-file ban-drop-extension, ban-drop-function, ban-drop-schema, "
+            "ban-drop-table, ban-drop-view\n") in result.stdout
+    assert body(result.stdout) == [
         "DROP VIEW reports.latest;",
         "DROP TABLE reports.daily;",
         "DROP SCHEMA reports;",

@@ -39,6 +39,9 @@ def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
     head.append(rollback_header(m.file, name).rstrip("\n"))
     head.append(f"--\n-- Drafted by `migration-runner draft-rollback {m.version}` from {m.file}:"
                 "\n-- check it, fill in the TODOs, then commit it.")
+    if result.squawk_rules:  # as the folder's hand-written rollback files say it
+        head.append("\n-- Dropping is the point of a rollback file:\n-- squawk-ignore-file "
+                    + ", ".join(result.squawk_rules))
     body = result.statements or ["-- (nothing to drop)"]
     if _wrapped(plan) and not result.no_transaction:
         body = ["BEGIN;", "", *body, "", "COMMIT;"]
