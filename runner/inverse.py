@@ -311,6 +311,18 @@ class Inverter:
             elif owner is None and subtype != "AT_ValidateConstraint":
                 self.note(line, what)
 
+    def on_RenameStmt(self, node: Any, line: int, schema: str | None) -> None:
+        own = node.relation and self.find(_key("rel", _names(node.relation, schema)))
+        if not own:
+            self.note(line, _label(node))
+        elif node.renameType.name != "OBJECT_COLUMN" and node.subname is None:
+            # The relation itself is renamed: drop it by its new name (in the same schema).
+            assert own.key is not None  # find() matches by key
+            own.key = (*own.key[:2], node.newname)
+            if own.drop is not None:
+                own.drop.objects = (self.strs((*_strings(own.drop.objects[0])[:-1],
+                                               node.newname)),)
+
     def on_CommentStmt(self, node: Any, line: int, schema: str | None) -> None:
         if not self.own_object(node.objtype, node.object):
             self.note(line, "COMMENT ON " + _objtype(node.objtype),

@@ -267,6 +267,9 @@ ALTER TYPE base_mood ADD VALUE 'meh';
 DROP TABLE old_stuff;
 DO $$BEGIN PERFORM 1; END$$;
 INSERT INTO notes VALUES (1);
+ALTER TABLE notes RENAME TO memos;
+ALTER TABLE memos RENAME COLUMN id TO memo_id;
+ALTER TABLE items RENAME COLUMN label TO title;
 """
 
 
@@ -276,12 +279,13 @@ def test_data_changes_become_comments_at_their_place(db: Db, migrations: Files) 
     result = ok(run(None, folder, "draft-rollback", "2", "--stdout"))
     assert "-- squawk-ignore-file ban-drop-table\n" in result.stdout
     assert body(result.stdout) == [
+        "-- cannot undo automatically: ALTER … RENAME at line 16 — write the reverse by hand",
         "-- cannot undo automatically: DO at line 12 — write the reverse by hand",
         "-- cannot undo automatically: DROP TABLE at line 11 — recreate what it dropped by hand",
         "-- cannot undo automatically: ALTER TYPE … ADD VALUE at line 10 — write the reverse by "
         "hand",
         "-- cannot undo automatically: DELETE at line 9 — write the reverse by hand",
-        "DROP TABLE notes;",
+        "DROP TABLE memos;",  # renamed at line 14; its column rename goes with it
         "-- cannot undo automatically: INSERT at line 7 — write the reverse by hand",
         "-- cannot undo automatically: ALTER TABLE … ALTER COLUMN TYPE at line 5 — write the "
         "reverse by hand",
@@ -290,7 +294,7 @@ def test_data_changes_become_comments_at_their_place(db: Db, migrations: Files) 
     ]
     warning = result.event("rollback_draft_needs_review")
     assert warning["level"] == "warning"
-    assert warning["lines"] == [3, 5, 7, 9, 10, 11, 12]
+    assert warning["lines"] == [3, 5, 7, 9, 10, 11, 12, 16]
     assert warning["statements"][:2] == ["UPDATE at line 3",
                                          "ALTER TABLE … ALTER COLUMN TYPE at line 5"]
     assert not (folder / "2_reshape_rollback.sql").exists()  # --stdout writes nothing
