@@ -387,3 +387,23 @@ def test_draft_rollback_has_help() -> None:
     result = ok(run(None, None, "draft-rollback", "--help"))
     assert "usage: migration-runner draft-rollback" in result.stdout
     assert "--stdout" in result.stdout
+
+
+def test_unnamed_parts_go_with_their_new_table_and_are_named_on_an_old_one(
+        migrations: Files) -> None:
+    folder = migrations({"1_base.sql": BASE, "2_parts.sql": """\
+CREATE TABLE fresh (id int PRIMARY KEY);
+CREATE INDEX ON items (label);
+ALTER TABLE items ADD CHECK (id > 0);
+CREATE INDEX ON fresh (id);
+ALTER TABLE fresh ADD CHECK (id > 0), ADD FOREIGN KEY (id) REFERENCES items (id);
+"""})
+    result = ok(run(None, folder, "draft-rollback", "2", "--stdout"))
+    assert body(result.stdout) == [
+        "-- cannot undo automatically: ALTER TABLE … ADD CONSTRAINT without a name at line 3 "
+        "— name the constraint in the forward file, or write the reverse by hand",
+        "-- cannot undo automatically: CREATE INDEX without a name at line 2 — name the index "
+        "in the forward file, or write the DROP by hand",
+        "DROP TABLE fresh;",
+    ]
+    assert result.event("rollback_draft_needs_review")["lines"] == [2, 3]
