@@ -94,6 +94,12 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
                              expect=args.expect)
 
 
+def _draft_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from runner.commands import draft_rollback as draft_cmd
+
+    return draft_cmd.draft_rollback(settings, args.version, to_stdout=args.stdout)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="migration-runner",
                     description="Apply PostgreSQL migration files once, in order, under an "
@@ -146,6 +152,10 @@ def build_parser() -> Parser:
     p.add_argument("--write", metavar="FILE", help="write the report to FILE (a snapshot)")
     p.add_argument("--expect", metavar="FILE",
                    help="compare with the snapshot in FILE; print the drift and exit 5")
+    p = command("draft-rollback", _draft_rollback, "write the first draft of a migration's "
+                "rollback file from its forward file (never overwrites)")
+    p.add_argument("version", type=_version, metavar="VERSION", help="the migration to undo")
+    p.add_argument("--stdout", action="store_true", help="print the draft instead of writing it")
     return parser
 
 

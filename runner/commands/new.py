@@ -40,6 +40,11 @@ _ROLLBACK = """\
 """
 
 
+def rollback_header(forward: str, rollback: str) -> str:
+    """The header of a rollback file: the one `new` writes, reused by `draft-rollback`."""
+    return _ROLLBACK.format(forward=forward, rollback=rollback)
+
+
 def check_description(text: str) -> str:
     if not _DESCRIPTION.fullmatch(text):
         raise ConfigError(f"new: description {text!r} may contain only letters, digits, _ and "

@@ -1,0 +1,90 @@
+"""`draft-rollback VERSION`: write the first draft of a migration's rollback file.
+
+The draft comes from the forward file's parse tree (runner.draft) under the header `new`
+writes. It is named after the forward file's layout: `NNN_x_rollback.sql` beside
+`NNN_x.sql`, `NNN_x.down.sql` beside `NNN_x.up.sql` (SPEC §2). An existing rollback file
+is never overwritten; `--stdout` prints the draft instead, e.g. to compare with it. No
+database needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner import draft, files, log, statements
+from runner.commands.new import rollback_header
+from runner.errors import ConfigError, ValidationError
+from runner.settings import Settings
+
+DIRECTIVE = "-- migrate:no-transaction"
+
+
+def rollback_name(m: files.Migration) -> str:
+    """The rollback file name that pairs with `m`'s layout."""
+    return f"{m.name}.down.sql" if m.file.endswith(".up.sql") else f"{m.name}_rollback.sql"
+
+
+def _wrapped(plan: statements.Plan) -> bool:
+    """Whether the forward file has the psql-style BEGIN; ... COMMIT; wrapper (the plan
+    holds the body only): the draft follows the file's style, so `psql -f` stays atomic."""
+    import pglast
+
+    return plan.transactional and len(pglast.split(plan.migration.text)) > len(plan.statements)
+
+
+def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
+    """The draft file's text: directive, header, body (wrapped like the forward file)."""
+    m = plan.migration
+    head = [DIRECTIVE] if result.no_transaction else []
+    head.append(rollback_header(m.file, name).rstrip("\n"))
+    head.append(f"--\n-- Drafted by `migration-runner draft-rollback {m.version}` from {m.file}:"
+                "\n-- check it, fill in the TODOs, then commit it.")
+    if result.squawk_rules:  # as the folder's hand-written rollback files say it
+        head.append("\n-- Dropping is the point of a rollback file:\n-- squawk-ignore-file "
+                    + ", ".join(result.squawk_rules))
+    body = result.statements or ["-- (nothing to drop)"]
+    if _wrapped(plan) and not result.no_transaction:
+        body = ["BEGIN;", "", *body, "", "COMMIT;"]
+    return "\n".join([*head, "", *body]) + "\n"
+
+
+def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) -> int:
+    folder = settings.migrations_path
+    m = next((m for m in files.load(folder) if m.version == version), None)
+    if m is None:
+        raise ValidationError([f"draft-rollback: no forward file with version {version} in "
+                               f"{str(folder)!r}; `migration-runner status` lists them"])
+    name = rollback_name(m)
+    existing = m.rollback or (folder / name if (folder / name).exists() else None)
+    if existing is not None and not to_stdout:
+        raise ValidationError([f"draft-rollback: {existing.name} already exists; nothing "
+                               "written (--stdout prints the draft to compare with it)"])
+    plan = statements.plan([m])[0]
+    result = draft.draft(plan)
+    text = render(plan, result, name)
+    logger = log.get()
+    if result.needs_review:
+        logger.warning("rollback_draft_needs_review", version=m.version, name=m.name,
+                       file=m.file, rollback=name, lines=[n.line for n in result.needs_review],
+                       statements=[f"{n.what} at line {n.line}" for n in result.needs_review])
+    if to_stdout:
+        print(text, end="")
+    else:
+        path = folder / name
+        _write(path, text)
+        print(path)
+    logger.info("rollback_drafted", version=m.version, name=m.name, file=m.file,
+                rollback=name, drops=result.drops, written=not to_stdout,
+                no_transaction=result.no_transaction)
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite
+            f.write(text)
+    except FileExistsError:
+        raise ValidationError([f"draft-rollback: {path.name} already exists; nothing "
+                               "written"]) from None
+    except OSError as exc:
+        raise ConfigError(f"draft-rollback: cannot write {str(path)!r}: {exc.strerror}") from None
