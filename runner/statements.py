@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from runner import directives, plpgsql, refusals
 from runner.errors import ValidationError
 from runner.files import Migration, read_rollback
 
@@ -62,33 +63,6 @@ def _txn_kind(node: Node) -> str | None:
     return str(body.get("kind", "")).removeprefix("TRANS_STMT_")
 
 
-def _outside_transaction_only(node: Node) -> str | None:
-    """What the statement is, when PostgreSQL refuses to run it in a transaction block."""
-    kind, body = node
-    if kind == "IndexStmt" and body.get("concurrent"):
-        return "CREATE INDEX CONCURRENTLY"
-    if kind == "ReindexStmt" and any(p.get("DefElem", {}).get("defname") == "concurrently"
-                                     for p in body.get("params", ())):
-        return "REINDEX CONCURRENTLY"
-    if kind == "DropStmt" and body.get("concurrent"):
-        return "DROP INDEX CONCURRENTLY"
-    if kind == "VacuumStmt" and body.get("is_vacuumcmd"):
-        return "VACUUM"
-    if kind == "AlterTableStmt" and any(
-        c.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
-        for c in body.get("cmds", ())
-    ):
-        return "DETACH PARTITION CONCURRENTLY"
-    names = {
-        "CreatedbStmt": "CREATE DATABASE",
-        "DropdbStmt": "DROP DATABASE",
-        "AlterSystemStmt": "ALTER SYSTEM",
-        "CreateTableSpaceStmt": "CREATE TABLESPACE",
-        "DropTableSpaceStmt": "DROP TABLESPACE",
-    }
-    return names.get(kind)
-
-
 class _CharOffsets:
     """libpg_query reports byte offsets; Python slices by character. Offsets come in
     increasing order, so each conversion decodes only the bytes since the last one."""
@@ -108,20 +82,153 @@ class _CharOffsets:
         return self.last_char
 
 
+class _File:
+    """One file being lexed: its text, and `file:line:column` of an offset in it."""
+
+    def __init__(self, m: Migration) -> None:
+        self.m = m
+        self.text = m.text
+        self.chars = _CharOffsets(m.text)
+        self.problems: list[str] = []
+
+    def at(self, offset: int) -> str:
+        line, col = line_col(self.text, offset)
+        return f"{self.m.file}:{line}:{col}"
+
+    def body_line(self, body_byte: int, line: int) -> str:
+        """`file:line:column` of line `line` (1-based) of a function body starting at a
+        byte offset: the line's first non-blank character."""
+        number = self.chars.data.count(b"\n", 0, body_byte) + line
+        start = 0
+        for _ in range(number - 1):
+            start = self.text.find("\n", start) + 1
+        text = self.text[start:].split("\n", 1)[0]
+        return f"{self.m.file}:{number}:{len(text) - len(text.lstrip()) + 1}"
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+
+def _scan(f: _File) -> list[Any]:
+    """The scanner's tokens (comments included), or none for a file it cannot scan (an
+    unterminated quote: the parser then reports it)."""
+    from pglast.parser import ParseError, scan
+
+    try:
+        return list(scan(f.text))
+    except ParseError:
+        return []
+
+
+def _foreign_directives(f: _File, tokens: list[Any]) -> None:
+    chars = _CharOffsets(f.text)
+    for token in tokens:
+        if token.name != "SQL_COMMENT":
+            continue
+        start = chars(token.start)
+        comment = f.text[start:chars(token.end + 1)]
+        if (rule := directives.foreign(comment)) is not None:
+            f.add(f.at(start), f"`{comment.strip()}` is a {rule.tool} directive: it "
+                               f"{rule.does}; {rule.fix}")
+
+
+def _psql_only(f: _File, tokens: list[Any], error_byte: int) -> bool:
+    """Report what psql would have handled itself: meta-commands (a backslash outside
+    strings and comments), and a `:name` variable where the parser stopped."""
+    chars = _CharOffsets(f.text)
+    found = False
+    for i, token in enumerate(tokens):
+        start = chars(token.start)
+        if token.name == "ASCII_92":
+            f.add(f.at(start), directives.meta_command(f.text, start))
+            found = True
+        elif (token.name == "ASCII_58" and token.start == error_byte and i + 1 < len(tokens)
+              and tokens[i + 1].start == token.end + 1
+              and tokens[i + 1].name in ("IDENT", "SCONST")):
+            f.add(f.at(start), "a psql variable (`:name`); the runner sends SQL to the "
+                               "server only, without psql: write the value into the SQL")
+            found = True
+    return found
+
+
+def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
+    """Every statement against how it will run: in the file's transaction, or on its own
+    in autocommit (`-- migrate:no-transaction`)."""
+    subs = refusals.Subscriptions()
+    procs = plpgsql.Procedures()
+    for node, offset, length in nodes:
+        where = f.at(offset)
+        kind = _txn_kind(node)
+        if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
+            continue
+        if kind is not None:
+            place = "a no-transaction file" if not transactional else "the middle of a file"
+            f.add(where, f"transaction control ({kind.replace('_', ' ')}) in {place}; the "
+                         "runner manages the transaction, remove it")
+            continue
+        if (stream := refusals.client_stream(node)) is not None:
+            f.add(where, f"{stream} needs a client feeding or reading the data (psql does); "
+                         "the runner sends SQL only: use INSERT ... VALUES, or COPY from a "
+                         "file on the database server")
+        if not transactional:
+            if (refusal := refusals.refused_outside_transaction(node)) is not None:
+                f.add(where, f"{refusal.name} can only run inside a transaction block, and a "
+                             "no-transaction file runs each statement on its own; move it "
+                             "to a transactional file")
+            continue
+        if (refusal := refusals.refused_in_transaction(node, subs)) is not None:
+            f.add(where, f"{refusal.name} cannot run inside a transaction block (PostgreSQL "
+                         f"refuses it with 25001){_NEEDS_NEW_FILE}")
+        subs.note(node)
+        _transaction_ends(f, procs, node, where, f.text[offset:offset + length])
+
+
+def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: str,
+                      sql: str) -> None:
+    """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL reaches:
+    refused in a transaction with 2D000 at run time."""
+    fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
+           "invalid transaction termination)" + _NEEDS_NEW_FILE)
+    if (target := plpgsql.called(node)) is not None:
+        if (end := procs.ends(target)) is not None:
+            f.add(where, f"CALL {target} reaches the {end.what} of procedure {end.procedure} "
+                         f"({f.body_line(end.body_at, end.line)}){fix}")
+        return
+    if (parsed := plpgsql.body_of(node, sql)) is None:
+        return
+    body, at = parsed
+    if node[0] != "DoStmt":
+        procs.define(node, (body, at))
+    elif body.ends:
+        line, what = body.ends[0]
+        f.add(f.body_line(at, line), f"{what} inside a DO block{fix}")
+    else:
+        for line, target in body.calls:
+            if (end := procs.ends(target)) is not None:
+                f.add(f.body_line(at, line), f"this DO block calls {target}, which reaches "
+                      f"the {end.what} of procedure {end.procedure} "
+                      f"({f.body_line(end.body_at, end.line)}){fix}")
+                break
+
+
 def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     # The parser's JSON, not pglast's Python node objects: the same grammar and checks
     # at a fraction of the cost (no object per parse-tree node).
     from pglast.parser import ParseError, parse_sql_json
 
+    f = _File(m)
     text = m.text
     transactional = is_transactional(text)
+    tokens = _scan(f)
+    _foreign_directives(f, tokens)
     try:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
         index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-        line, col = line_col(text, index)
-        return None, [f"{m.file}:{line}:{col}: {exc.args[0]}; fix the SQL"]
-    to_char = _CharOffsets(text)
+        if not _psql_only(f, tokens, len(text[:index].encode())):
+            f.add(f.at(index), f"{exc.args[0]}; fix the SQL")
+        return None, f.problems
+    to_char = f.chars
     nodes: list[tuple[Node, int, int]] = []
     for raw in tree.get("stmts", ()):
         start = raw.get("stmt_location", 0)
@@ -132,30 +239,14 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     if not nodes:
         return None, [f"{m.file}: contains no SQL statement (only comments); write its SQL"]
 
-    problems: list[str] = []
-
-    def at(offset: int) -> str:
-        line, col = line_col(text, offset)
-        return f"{m.file}:{line}:{col}"
-
     first, last = _txn_kind(nodes[0][0]), _txn_kind(nodes[-1][0])
     if transactional and first in ("BEGIN", "START") and len(nodes) > 1 and last == "COMMIT":
         nodes = nodes[1:-1]  # the psql-style wrapper: the runner runs the body in its own
-    for node, offset, _ in nodes:
-        kind = _txn_kind(node)
-        if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
-            continue
-        if kind is not None:
-            where = "a no-transaction file" if not transactional else "the middle of a file"
-            problems.append(f"{at(offset)}: transaction control ({kind.replace('_', ' ')}) in "
-                            f"{where}; the runner manages the transaction, remove it")
-        elif transactional and (what := _outside_transaction_only(node)):
-            problems.append(f"{at(offset)}: {what} cannot run inside a transaction"
-                            + _NEEDS_NEW_FILE)
-    if not nodes and not problems:
-        problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
+    _check(f, nodes, transactional)
+    if not nodes and not f.problems:
+        f.problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
     statements = tuple(Statement(o, text[o : o + n]) for _, o, n in nodes)
-    return Plan(m, transactional, statements), problems
+    return Plan(m, transactional, statements), f.problems
 
 
 def lex(migrations: list[Migration]) -> tuple[list[Plan], list[str]]:

@@ -1,0 +1,114 @@
+"""Comments that other migration tools read as instructions, and psql meta-commands.
+
+A file written for dbmate, goose, Atlas... may carry markers that tool obeys: a down
+section in the same file, "run me outside a transaction", a custom statement delimiter.
+The runner would silently ignore them — run the down section right after the up one,
+or run in a transaction what was meant to run without — so a marker that changes what
+runs or how is a validation error naming the tool and the fix. Markers that change
+neither (`-- +goose Up` alone, `-- +goose StatementBegin`, `-- atlas:txmode file`,
+graphile-migrate's `--! Previous:`) are left alone.
+
+Only comment tokens of PostgreSQL's own scanner are looked at, so a marker inside a
+string or a function body is no marker. Each pattern is matched against one whole
+`--` comment, case-insensitively, as the tool's documentation spells it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SPLIT = ("split the file: the part above it into NNN_name.up.sql, the part below into "
+          "NNN_name.down.sql (or NNN_name.sql and NNN_name_rollback.sql)")
+_NO_TX = "make `-- migrate:no-transaction` the file's first line instead"
+_DOWN = "starts a down migration in the same file; here it would run right after the up part"
+_NOT_IN_TX = "runs the file outside a transaction; here it would run inside one"
+
+
+@dataclass(frozen=True)
+class Foreign:
+    tool: str
+    pattern: re.Pattern[str]
+    does: str
+    fix: str
+
+
+def _rule(tool: str, pattern: str, does: str, fix: str) -> Foreign:
+    return Foreign(tool, re.compile(pattern, re.IGNORECASE), does, fix)
+
+
+FOREIGN = [
+    # dbmate README, "Creating Migrations" / "Options"
+    _rule("dbmate", r"--\s*migrate:down\b.*", _DOWN, _SPLIT),
+    _rule("dbmate", r"--\s*migrate:up\b.*\btransaction:\s*false\b.*", _NOT_IN_TX, _NO_TX),
+    # goose: pressly.github.io/goose/documentation/annotations
+    _rule("goose", r"--\s*\+goose\s+down\b.*", _DOWN, _SPLIT),
+    _rule("goose", r"--\s*\+goose\s+no\s+transaction\b.*", _NOT_IN_TX, _NO_TX),
+    _rule("goose", r"--\s*\+goose\s+envsub\s+on\b.*",
+          "substitutes environment variables into the SQL; here the text runs as written",
+          "write the values into the file"),
+    # sql-migrate README, "Writing migrations"
+    _rule("sql-migrate", r"--\s*\+migrate\s+down\b.*", _DOWN, _SPLIT),
+    _rule("sql-migrate", r"--\s*\+migrate\s+up\b.*\bnotransaction\b.*", _NOT_IN_TX, _NO_TX),
+    # Atlas: atlasgo.io/versioned/apply (txmode), atlasgo.io/versioned/new (delimiter)
+    _rule("Atlas", r"--\s*atlas:txmode\s+none\b.*", _NOT_IN_TX, _NO_TX),
+    _rule("Atlas", r"--\s*atlas:delimiter\b.*",
+          "ends statements with another delimiter; here PostgreSQL's parser finds them",
+          "remove it and end each statement with `;` (dollar-quoted bodies need nothing)"),
+    # graphile-migrate README, "Special comments"
+    _rule("graphile-migrate", r"--!\s*no-transaction\b.*", _NOT_IN_TX, _NO_TX),
+    _rule("graphile-migrate", r"--!\s*include\b.*",
+          "pastes in another file; here only this file's text runs",
+          "put that file's SQL here"),
+    # yoyo documentation, "Migration files" (SQL format)
+    _rule("yoyo", r"--\s*transactional\s*:\s*false\b.*", _NOT_IN_TX, _NO_TX),
+    _rule("yoyo", r"--\s*depends\s*:.*",
+          "orders migrations by dependency; here they run in version order",
+          "remove it and give this file a version after the ones it depends on"),
+    # Liquibase, "Example SQL changelog" (formatted SQL)
+    _rule("Liquibase", r"--\s*changeset\b.*\brunInTransaction\s*:\s*false\b.*", _NOT_IN_TX,
+          _NO_TX),
+    _rule("Liquibase", r"--\s*precondition-.*",
+          "makes the changeset conditional; here every statement runs",
+          "write the condition in SQL (IF NOT EXISTS, or a DO block)"),
+    # node-pg-migrate, SQL migration files
+    _rule("node-pg-migrate", r"--\s*down\s+migration\s*", _DOWN, _SPLIT),
+    # tern README, "Migrations"
+    _rule("tern", r"----\s*create\s+above\s*/\s*drop\s+below\s*----\s*", _DOWN, _SPLIT),
+    _rule("tern", r"----\s*tern:\s*disable-tx\s*----\s*", _NOT_IN_TX, _NO_TX),
+    # postgres-migrations README
+    _rule("postgres-migrations", r"--\s*postgres-migrations\s+disable-transaction\b.*",
+          _NOT_IN_TX, _NO_TX),
+    # shmig README
+    _rule("shmig", r"--\s*====\s*down\s*====\s*", _DOWN, _SPLIT),
+]
+
+
+def foreign(comment: str) -> Foreign | None:
+    """The other tool's directive this `--` comment is, if any."""
+    text = comment.rstrip()
+    return next((f for f in FOREIGN if f.pattern.fullmatch(text)), None)
+
+
+_META_FIX = {
+    "c": "a migration runs in the database DATABASE_URL names; remove it",
+    "connect": "a migration runs in the database DATABASE_URL names; remove it",
+    "i": "put that file's SQL here, or make it a migration of its own",
+    "ir": "put that file's SQL here, or make it a migration of its own",
+    "include": "put that file's SQL here, or make it a migration of its own",
+    "include_relative": "put that file's SQL here, or make it a migration of its own",
+    "set": "write the value into the SQL",
+    "copy": "use INSERT ... VALUES, or COPY from a file on the database server",
+}
+
+
+def meta_command(text: str, start: int) -> str:
+    """The message for a psql meta-command whose backslash stands at `start` of `text`
+    (a character offset). psql runs these itself and never sends them to the server."""
+    end = start + 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    word = text[start:end]
+    fix = _META_FIX.get(word[1:].lower(), "remove it, or do in SQL what it did")
+    return (f"`{word}` is a psql meta-command; the runner sends SQL to the server only, "
+            f"without psql: {fix}")
