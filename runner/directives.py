@@ -109,6 +109,10 @@ def meta_command(text: str, start: int) -> str:
     while end < len(text) and not text[end].isspace():
         end += 1
     word = text[start:end]
+    if word == "\\.":
+        return ("`\\.` ends COPY ... FROM STDIN data written into the file, which only psql "
+                "feeds to the server; the runner sends SQL only: use INSERT ... VALUES, or "
+                "COPY from a file on the database server")
     fix = _META_FIX.get(word[1:].lower(), "remove it, or do in SQL what it did")
     return (f"`{word}` is a psql meta-command; the runner sends SQL to the server only, "
             f"without psql: {fix}")

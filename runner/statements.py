@@ -151,6 +151,28 @@ def _psql_only(f: _File, tokens: list[Any], error_byte: int) -> bool:
     return found
 
 
+def _copy_before(f: _File, prefix: str) -> None:
+    """A psql dump's `COPY ... FROM stdin;` followed by its data lines parses up to the
+    data: name the COPY, not only the first data line, when the lines before parse."""
+    from pglast.parser import ParseError, parse_sql_json
+
+    try:
+        tree = json.loads(parse_sql_json(prefix))
+    except ParseError:
+        return
+    chars = _CharOffsets(prefix)
+    for raw in tree.get("stmts", ()):
+        node = next(iter(raw["stmt"].items()))
+        if (stream := refusals.client_stream(node)) is not None:
+            f.add(f.at(chars(raw.get("stmt_location", 0))), _stream_problem(stream))
+
+
+def _stream_problem(stream: str) -> str:
+    return (f"{stream} needs a client feeding or reading the data (psql does); the runner "
+            "sends SQL only: use INSERT ... VALUES, or COPY from a file on the database "
+            "server")
+
+
 def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
     """Every statement against how it will run: in the file's transaction, or on its own
     in autocommit (`-- migrate:no-transaction`)."""
@@ -167,9 +189,7 @@ def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) ->
                          "runner manages the transaction, remove it")
             continue
         if (stream := refusals.client_stream(node)) is not None:
-            f.add(where, f"{stream} needs a client feeding or reading the data (psql does); "
-                         "the runner sends SQL only: use INSERT ... VALUES, or COPY from a "
-                         "file on the database server")
+            f.add(where, _stream_problem(stream))
         if not transactional:
             if (refusal := refusals.refused_outside_transaction(node)) is not None:
                 f.add(where, f"{refusal.name} can only run inside a transaction block, and a "
@@ -225,6 +245,7 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
         index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        _copy_before(f, text[:text.rfind("\n", 0, index) + 1])
         if not _psql_only(f, tokens, len(text[:index].encode())):
             f.add(f.at(index), f"{exc.args[0]}; fix the SQL")
         return None, f.problems
