@@ -16,7 +16,10 @@ string or a function body is no marker. Each pattern is matched against one whol
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 
 _SPLIT = ("split the file: the part above it into NNN_name.up.sql, the part below into "
           "NNN_name.down.sql (or NNN_name.sql and NNN_name_rollback.sql)")
@@ -116,3 +119,80 @@ def meta_command(text: str, start: int) -> str:
     fix = _META_FIX.get(word[1:].lower(), "remove it, or do in SQL what it did")
     return (f"`{word}` is a psql meta-command; the runner sends SQL to the server only, "
             f"without psql: {fix}")
+
+
+@dataclass(frozen=True)
+class Token:
+    start: int  # character offset in the file
+    end: int  # character offset just past it
+    name: str  # the scanner's: SQL_COMMENT, IDENT, ASCII_92 (a backslash)...
+    keyword: bool
+
+
+def _char_of(chunk: str) -> Callable[[int], int]:
+    """The character offset in `chunk` of a byte offset (the scanner counts bytes)."""
+    if chunk.isascii():
+        return lambda byte: byte
+    starts = list(accumulate((len(c.encode()) for c in chunk), initial=0))
+    return lambda byte: bisect_right(starts, byte) - 1
+
+
+def tokens(text: str) -> list[Token]:
+    """PostgreSQL's own scanner over a file, comments included. Where it cannot go on
+    (an unterminated quote; `002_seed.sql` after `\\i`), the tokens up to there, and,
+    when a meta-command's backslash stands on that line, on from the next line: psql
+    reads a meta-command's arguments to the end of its line."""
+    from pglast.parser import ParseError, scan
+
+    found: list[Token] = []
+    pos = 0
+    while pos < len(text):
+        chunk, stop = text[pos:], None
+        try:
+            raw = scan(chunk)
+        except ParseError as exc:
+            stop = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+            try:
+                raw = scan(chunk[:stop])
+            except ParseError:
+                break
+        char = _char_of(chunk)
+        found += [Token(pos + char(t.start), pos + char(t.end + 1), t.name,
+                        t.kind != "NO_KEYWORD") for t in raw]
+        if stop is None:
+            break
+        line = text.rfind("\n", 0, pos + stop) + 1
+        if not any(t.name == "ASCII_92" and t.start >= line for t in found):
+            break
+        pos = text.find("\n", pos + stop) + 1
+        if pos == 0:
+            break
+    return found
+
+
+def foreign_directives(text: str, found: list[Token]) -> list[tuple[int, str]]:
+    """(offset, problem) for each `--` comment that is another tool's directive."""
+    problems = []
+    for token in found:
+        if token.name == "SQL_COMMENT" and (rule := foreign(text[token.start:token.end])):
+            comment = text[token.start:token.end].strip()
+            problems.append((token.start, f"`{comment}` is a {rule.tool} directive: it "
+                                          f"{rule.does}; {rule.fix}"))
+    return problems
+
+
+def psql_only(text: str, found: list[Token], error: int) -> list[tuple[int, str]]:
+    """(offset, problem) for what psql would have handled itself in a file the parser
+    refused: meta-commands (a backslash outside strings and comments), and a `:name`
+    variable where the parser stopped (`error`, a character offset)."""
+    problems = []
+    for i, token in enumerate(found):
+        if token.name == "ASCII_92":
+            problems.append((token.start, meta_command(text, token.start)))
+        elif (token.name == "ASCII_58" and token.start == error and i + 1 < len(found)
+              and found[i + 1].start == token.end
+              and (found[i + 1].name in ("IDENT", "SCONST") or found[i + 1].keyword)):
+            problems.append((token.start, "a psql variable (`:name`); the runner sends SQL "
+                                          "to the server only, without psql: write the "
+                                          "value into the SQL"))
+    return problems

@@ -109,48 +109,6 @@ class _File:
         self.problems.append(f"{where}: {message}")
 
 
-def _scan(f: _File) -> list[Any]:
-    """The scanner's tokens (comments included), or none for a file it cannot scan (an
-    unterminated quote: the parser then reports it)."""
-    from pglast.parser import ParseError, scan
-
-    try:
-        return list(scan(f.text))
-    except ParseError:
-        return []
-
-
-def _foreign_directives(f: _File, tokens: list[Any]) -> None:
-    chars = _CharOffsets(f.text)
-    for token in tokens:
-        if token.name != "SQL_COMMENT":
-            continue
-        start = chars(token.start)
-        comment = f.text[start:chars(token.end + 1)]
-        if (rule := directives.foreign(comment)) is not None:
-            f.add(f.at(start), f"`{comment.strip()}` is a {rule.tool} directive: it "
-                               f"{rule.does}; {rule.fix}")
-
-
-def _psql_only(f: _File, tokens: list[Any], error_byte: int) -> bool:
-    """Report what psql would have handled itself: meta-commands (a backslash outside
-    strings and comments), and a `:name` variable where the parser stopped."""
-    chars = _CharOffsets(f.text)
-    found = False
-    for i, token in enumerate(tokens):
-        start = chars(token.start)
-        if token.name == "ASCII_92":
-            f.add(f.at(start), directives.meta_command(f.text, start))
-            found = True
-        elif (token.name == "ASCII_58" and token.start == error_byte and i + 1 < len(tokens)
-              and tokens[i + 1].start == token.end + 1
-              and tokens[i + 1].name in ("IDENT", "SCONST")):
-            f.add(f.at(start), "a psql variable (`:name`); the runner sends SQL to the "
-                               "server only, without psql: write the value into the SQL")
-            found = True
-    return found
-
-
 def _copy_before(f: _File, prefix: str) -> None:
     """A psql dump's `COPY ... FROM stdin;` followed by its data lines parses up to the
     data: name the COPY, not only the first data line, when the lines before parse."""
@@ -239,14 +197,18 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     f = _File(m)
     text = m.text
     transactional = is_transactional(text)
-    tokens = _scan(f)
-    _foreign_directives(f, tokens)
+    tokens = directives.tokens(text)
+    for offset, problem in directives.foreign_directives(text, tokens):
+        f.add(f.at(offset), problem)
     try:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
         index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
         _copy_before(f, text[:text.rfind("\n", 0, index) + 1])
-        if not _psql_only(f, tokens, len(text[:index].encode())):
+        psql_only = directives.psql_only(text, tokens, index)
+        for offset, problem in psql_only:
+            f.add(f.at(offset), problem)
+        if not psql_only:
             f.add(f.at(index), f"{exc.args[0]}; fix the SQL")
         return None, f.problems
     to_char = f.chars

@@ -247,3 +247,74 @@ def test_dbmate_style_file_exits_5_and_its_down_section_never_runs(
     assert problem.startswith("002_note.sql:4:1: `-- migrate:down` is a dbmate directive")
     assert "NNN_name.up.sql" in problem and "NNN_name.down.sql" in problem
     assert user_tables(db) == {"item"} and applied(db) == [1]
+
+
+# --- COMMIT / ROLLBACK inside PL/pgSQL ------------------------------------------------
+
+BATCH = ("CREATE PROCEDURE batch() LANGUAGE plpgsql AS $$\nBEGIN\n"
+         "  INSERT INTO item VALUES (1);\n    COMMIT;\nEND $$;\n")  # COMMIT on line 5:5 below
+TRANSACTION_ENDS = {
+    "do-commit": ("CREATE TABLE item (id int);\nDO $$\nBEGIN\n  INSERT INTO item VALUES (1);\n"
+                  "  COMMIT;\nEND $$;\n", "001_x.sql:5:3: COMMIT inside a DO block"),
+    "do-rollback-nested": ("DO LANGUAGE plpgsql $body$\nDECLARE n int := 0;\nBEGIN\n"
+                           "  FOR i IN 1..3 LOOP\n    IF i = 2 THEN\n      ROLLBACK;\n"
+                           "    END IF;\n  END LOOP;\nEND $body$;\n",
+                           "001_x.sql:6:7: ROLLBACK inside a DO block"),
+    "do-one-line": ("SELECT 1;\nDO $$BEGIN COMMIT; END$$;\n",
+                    "001_x.sql:2:1: COMMIT inside a DO block"),
+    "call-procedure-of-this-file": ("CREATE TABLE item (id int);\n" + BATCH + "CALL batch();\n",
+                                    "001_x.sql:7:1: CALL batch reaches the COMMIT of procedure "
+                                    "batch (001_x.sql:5:5)"),
+    "call-through-another-procedure": (
+        "CREATE TABLE item (id int);\n" + BATCH
+        + "CREATE PROCEDURE outer_p() LANGUAGE plpgsql AS $$ BEGIN CALL batch(); END $$;\n"
+          "CALL public.outer_p();\n",
+        "001_x.sql:8:1: CALL outer_p reaches the COMMIT of procedure batch (001_x.sql:5:5)"),
+    "do-calls-procedure": ("CREATE TABLE item (id int);\n" + BATCH + "DO $$\nBEGIN\n"
+                           "  CALL batch();\nEND $$;\n",
+                           "001_x.sql:9:3: this DO block calls batch, which reaches the COMMIT "
+                           "of procedure batch (001_x.sql:5:5)"),
+    "wrapped-crlf-non-ascii": ("-- Größe\r\nBEGIN;\r\nDO $$\r\nBEGIN\r\n  COMMIT;\r\nEND $$;\r\n"
+                               "COMMIT;\r\n", "001_x.sql:5:3: COMMIT inside a DO block"),
+}
+ENDS_ALLOWED = {
+    "procedure-not-called": "CREATE TABLE item (id int);\n" + BATCH,
+    "function-not-procedure": "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+                              "COMMIT; END $$;\n",
+    "replaced-before-call": BATCH + "CREATE OR REPLACE PROCEDURE batch() LANGUAGE plpgsql AS "
+                                    "$$ BEGIN NULL; END $$;\nCALL batch();\n",
+    "call-of-unknown-procedure": "CALL elsewhere();\n",
+    "other-language": "DO LANGUAGE plperl $$ my $x = 'COMMIT;'; $$;\n",
+    "commit-in-a-string": "DO $$ BEGIN RAISE NOTICE 'COMMIT;'; END $$;\n",
+    "no-transaction-file": "-- migrate:no-transaction\nDO $$ BEGIN COMMIT; END $$;\n" + BATCH
+                           + "CALL batch();\n",
+}
+
+
+@pytest.mark.parametrize("case", TRANSACTION_ENDS)
+def test_transaction_end_in_plpgsql_is_refused_in_a_transactional_file(
+        tmp_path: Path, case: str) -> None:
+    text, expected = TRANSACTION_ENDS[case]
+    found = problems(tmp_path, {"001_x.sql": text})
+    assert len(found) == 1 and found[0].startswith(expected), found
+    assert "2D000" in found[0] and "-- migrate:no-transaction" in found[0]
+
+
+@pytest.mark.parametrize("case", ENDS_ALLOWED)
+def test_plpgsql_that_ends_no_transaction_here_is_allowed(tmp_path: Path, case: str) -> None:
+    assert problems(tmp_path, {"001_x.sql": ENDS_ALLOWED[case]}) == []
+
+
+def test_refused_do_block_fails_2d000_in_a_transaction_and_applies_without_one(
+        db: Db, migrations: Files) -> None:
+    """What the check says, the server does: in a transaction block the COMMIT fails
+    2D000; with `-- migrate:no-transaction` the runner applies it."""
+    text, _ = TRANSACTION_ENDS["do-commit"]
+    with (db.connect() as conn,
+          pytest.raises(psycopg.errors.InvalidTransactionTermination),
+          conn.transaction()):
+        conn.execute(text)
+    folder = migrations({"001_x.sql": "-- migrate:no-transaction\n" + text})
+    result = run(db.url, folder, "migrate")
+    assert result.code == 0, result.stderr
+    assert db.scalar("SELECT count(*) FROM item") == 1
