@@ -129,51 +129,72 @@ class Token:
     keyword: bool
 
 
-def _char_of(chunk: str) -> Callable[[int], int]:
-    """The character offset in `chunk` of a byte offset (the scanner counts bytes)."""
-    if chunk.isascii():
+# Every byte of a multi-byte UTF-8 character as `x`: the same token boundaries (such
+# characters only occur in identifiers, strings and comments, where `x` is as good) and
+# byte offsets, without pglast's scan slowing down on non-ASCII text.
+_ASCII = bytes(range(128)) + b"x" * 128
+
+
+def _char_of(text: str) -> Callable[[int], int]:
+    """The character offset in `text` of a byte offset of its UTF-8 form."""
+    if text.isascii():
         return lambda byte: byte
-    starts = list(accumulate((len(c.encode()) for c in chunk), initial=0))
+    starts = list(accumulate((len(c.encode()) for c in text), initial=0))
     return lambda byte: bisect_right(starts, byte) - 1
 
 
+_KEPT = {"SQL_COMMENT", "ASCII_92", "ASCII_58"}  # `--` comments, `\\`, `:`
+
+
 def tokens(text: str) -> list[Token]:
-    """PostgreSQL's own scanner over a file, comments included. Where it cannot go on
+    """The `--` comments, backslashes and colons (with the token after each) that
+    PostgreSQL's own scanner finds in a file. Where it cannot go on
     (an unterminated quote; `002_seed.sql` after `\\i`), the tokens up to there, and,
     when a meta-command's backslash stands on that line, on from the next line: psql
     reads a meta-command's arguments to the end of its line."""
     from pglast.parser import ParseError, scan
 
-    found: list[Token] = []
+    data = text.encode().translate(_ASCII).decode("ascii")
+    raw: list[tuple[int, int, str, bool]] = []
     pos = 0
-    while pos < len(text):
-        chunk, stop = text[pos:], None
+    while pos < len(data):
+        chunk, stop = data[pos:], None
         try:
-            raw = scan(chunk)
+            found = scan(chunk)
         except ParseError as exc:
             stop = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
             try:
-                raw = scan(chunk[:stop])
+                found = scan(chunk[:stop])
             except ParseError:
                 break
-        char = _char_of(chunk)
-        found += [Token(pos + char(t.start), pos + char(t.end + 1), t.name,
-                        t.kind != "NO_KEYWORD") for t in raw]
+        after_colon = False
+        for t in found:  # only what the checks below look at: a big file has many tokens
+            if after_colon or t.name in _KEPT:
+                raw.append((pos + t.start, pos + t.end + 1, t.name, t.kind != "NO_KEYWORD"))
+            after_colon = t.name == "ASCII_58"
         if stop is None:
             break
-        line = text.rfind("\n", 0, pos + stop) + 1
-        if not any(t.name == "ASCII_92" and t.start >= line for t in found):
+        line = data.rfind("\n", 0, pos + stop) + 1
+        if not any(name == "ASCII_92" and start >= line for start, _, name, _ in raw):
             break
-        pos = text.find("\n", pos + stop) + 1
+        pos = data.find("\n", pos + stop) + 1
         if pos == 0:
             break
-    return found
+    char = _char_of(text)
+    return [Token(char(start), char(end), name, keyword) for start, end, name, keyword in raw]
 
 
-def foreign_directives(text: str, found: list[Token]) -> list[tuple[int, str]]:
-    """(offset, problem) for each `--` comment that is another tool's directive."""
+_ANYWHERE = re.compile("|".join(f.pattern.pattern for f in FOREIGN), re.IGNORECASE)
+
+
+def foreign_directives(text: str) -> list[tuple[int, str]]:
+    """(offset, problem) for each `--` comment that is another tool's directive. The
+    scanner, which tells a comment from a string, runs only when the text has a
+    candidate at all."""
+    if not _ANYWHERE.search(text):
+        return []
     problems = []
-    for token in found:
+    for token in tokens(text):
         if token.name == "SQL_COMMENT" and (rule := foreign(text[token.start:token.end])):
             comment = text[token.start:token.end].strip()
             problems.append((token.start, f"`{comment}` is a {rule.tool} directive: it "
@@ -181,11 +202,12 @@ def foreign_directives(text: str, found: list[Token]) -> list[tuple[int, str]]:
     return problems
 
 
-def psql_only(text: str, found: list[Token], error: int) -> list[tuple[int, str]]:
+def psql_only(text: str, error: int) -> list[tuple[int, str]]:
     """(offset, problem) for what psql would have handled itself in a file the parser
     refused: meta-commands (a backslash outside strings and comments), and a `:name`
     variable where the parser stopped (`error`, a character offset)."""
     problems = []
+    found = tokens(text)
     for i, token in enumerate(found):
         if token.name == "ASCII_92":
             problems.append((token.start, meta_command(text, token.start)))

@@ -66,8 +66,6 @@ def body_of(node: Node, sql: str) -> tuple[Body, int] | None:
     and the byte offset of its body in the file (plpgsql numbers lines from the body's
     first line). None for anything else, or a body pglast cannot parse (the server will
     say why when it runs)."""
-    from pglast.parser import ParseError, parse_plpgsql_json
-
     kind, stmt = node
     if kind == "DoStmt":
         options = stmt.get("args", [])
@@ -75,6 +73,8 @@ def body_of(node: Node, sql: str) -> tuple[Body, int] | None:
         options = stmt.get("options", [])
     else:
         return None
+    from pglast.parser import ParseError, parse_plpgsql_json
+
     elems = {e["DefElem"]["defname"]: e["DefElem"] for e in options if "DefElem" in e}
     language = elems.get("language", {}).get("arg", {}).get("String", {}).get("sval", "plpgsql")
     where = elems.get("as", {})
@@ -105,9 +105,14 @@ class Procedures:
     def __init__(self) -> None:
         self.bodies: dict[str, tuple[Body, int]] = {}
 
-    def define(self, node: Node, parsed: tuple[Body, int]) -> None:
+    def define(self, node: Node, parsed: tuple[Body, int] | None) -> None:
+        """A CREATE [OR REPLACE] FUNCTION/PROCEDURE; `parsed` None: nothing to follow
+        (another language, or a function, which cannot end a transaction)."""
         name = _name(node[1].get("funcname", []))
-        self.bodies[name] = parsed
+        if parsed is None:
+            self.bodies.pop(name, None)
+        else:
+            self.bodies[name] = parsed
 
     def ends(self, procedure: str, seen: frozenset[str] = frozenset()) -> End | None:
         """The first COMMIT or ROLLBACK that `CALL procedure` reaches, if it reaches one."""

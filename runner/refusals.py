@@ -201,12 +201,16 @@ OUTSIDE_TRANSACTION_BLOCK = [Refusal(*row) for row in (
 )]
 
 
+_IN_BY_NODE: dict[str, list[Refusal]] = {}
+for _refusal in IN_TRANSACTION_BLOCK:
+    _IN_BY_NODE.setdefault(_refusal.node, []).append(_refusal)
+
+
 def refused_in_transaction(node: Node, subs: Subscriptions) -> Refusal | None:
     """The entry of IN_TRANSACTION_BLOCK that refuses this statement in a transactional
     file, given what the file did before it; `subs.note` must see every statement."""
     kind, body = node
-    return next((r for r in IN_TRANSACTION_BLOCK if r.node == kind and r.applies(body, subs)),
-                None)
+    return next((r for r in _IN_BY_NODE.get(kind, ()) if r.applies(body, subs)), None)
 
 
 def refused_outside_transaction(node: Node) -> Refusal | None:

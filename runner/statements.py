@@ -105,8 +105,10 @@ class _File:
         text = self.text[start:].split("\n", 1)[0]
         return f"{self.m.file}:{number}:{len(text) - len(text.lstrip()) + 1}"
 
-    def add(self, where: str, message: str) -> None:
-        self.problems.append(f"{where}: {message}")
+    def add(self, where: int | str, message: str) -> None:
+        """A problem at a character offset, or at a place already written out."""
+        place = self.at(where) if isinstance(where, int) else where
+        self.problems.append(f"{place}: {message}")
 
 
 def _copy_before(f: _File, prefix: str) -> None:
@@ -122,7 +124,7 @@ def _copy_before(f: _File, prefix: str) -> None:
     for raw in tree.get("stmts", ()):
         node = next(iter(raw["stmt"].items()))
         if (stream := refusals.client_stream(node)) is not None:
-            f.add(f.at(chars(raw.get("stmt_location", 0))), _stream_problem(stream))
+            f.add(chars(raw.get("stmt_location", 0)), _stream_problem(stream))
 
 
 def _stream_problem(stream: str) -> str:
@@ -137,7 +139,7 @@ def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) ->
     subs = refusals.Subscriptions()
     procs = plpgsql.Procedures()
     for node, offset, length in nodes:
-        where = f.at(offset)
+        where = offset  # written out only for a problem: line_col counts from the start
         kind = _txn_kind(node)
         if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
             continue
@@ -161,7 +163,7 @@ def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) ->
         _transaction_ends(f, procs, node, where, f.text[offset:offset + length])
 
 
-def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: str,
+def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: int,
                       sql: str) -> None:
     """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL reaches:
     refused in a transaction with 2D000 at run time."""
@@ -172,12 +174,13 @@ def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: st
             f.add(where, f"CALL {target} reaches the {end.what} of procedure {end.procedure} "
                          f"({f.body_line(end.body_at, end.line)}){fix}")
         return
-    if (parsed := plpgsql.body_of(node, sql)) is None:
+    parsed = plpgsql.body_of(node, sql)
+    if node[0] == "CreateFunctionStmt":
+        procs.define(node, parsed)
+    if parsed is None or node[0] != "DoStmt":
         return
     body, at = parsed
-    if node[0] != "DoStmt":
-        procs.define(node, (body, at))
-    elif body.ends:
+    if body.ends:
         line, what = body.ends[0]
         f.add(f.body_line(at, line), f"{what} inside a DO block{fix}")
     else:
@@ -197,19 +200,18 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     f = _File(m)
     text = m.text
     transactional = is_transactional(text)
-    tokens = directives.tokens(text)
-    for offset, problem in directives.foreign_directives(text, tokens):
-        f.add(f.at(offset), problem)
+    for offset, problem in directives.foreign_directives(text):
+        f.add(offset, problem)
     try:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
         index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
         _copy_before(f, text[:text.rfind("\n", 0, index) + 1])
-        psql_only = directives.psql_only(text, tokens, index)
+        psql_only = directives.psql_only(text, index)
         for offset, problem in psql_only:
-            f.add(f.at(offset), problem)
+            f.add(offset, problem)
         if not psql_only:
-            f.add(f.at(index), f"{exc.args[0]}; fix the SQL")
+            f.add(index, f"{exc.args[0]}; fix the SQL")
         return None, f.problems
     to_char = f.chars
     nodes: list[tuple[Node, int, int]] = []
