@@ -35,6 +35,12 @@ class Foreign:
     does: str
     fix: str
 
+    @property
+    def down(self) -> bool:
+        """Marks the start of a down migration: harmless at the head of a rollback file
+        (a dbmate file split in two often keeps it)."""
+        return self.does == _DOWN
+
 
 def _rule(tool: str, pattern: str, does: str, fix: str) -> Foreign:
     return Foreign(tool, re.compile(pattern, re.IGNORECASE), does, fix)
@@ -187,9 +193,9 @@ def tokens(text: str) -> list[Token]:
 _ANYWHERE = re.compile("|".join(f.pattern.pattern for f in FOREIGN), re.IGNORECASE)
 
 
-def foreign_directives(text: str) -> list[tuple[int, str]]:
-    """(offset, problem) for each `--` comment that is another tool's directive. The
-    scanner, which tells a comment from a string, runs only when the text has a
+def foreign_directives(text: str) -> list[tuple[int, Foreign, str]]:
+    """(offset, rule, problem) for each `--` comment that is another tool's directive.
+    The scanner, which tells a comment from a string, runs only when the text has a
     candidate at all."""
     if not _ANYWHERE.search(text):
         return []
@@ -197,8 +203,8 @@ def foreign_directives(text: str) -> list[tuple[int, str]]:
     for token in tokens(text):
         if token.name == "SQL_COMMENT" and (rule := foreign(text[token.start:token.end])):
             comment = text[token.start:token.end].strip()
-            problems.append((token.start, f"`{comment}` is a {rule.tool} directive: it "
-                                          f"{rule.does}; {rule.fix}"))
+            problems.append((token.start, rule, f"`{comment}` is a {rule.tool} directive: "
+                                                f"it {rule.does}; {rule.fix}"))
     return problems
 
 

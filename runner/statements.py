@@ -200,11 +200,12 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
     f = _File(m)
     text = m.text
     transactional = is_transactional(text)
-    for offset, problem in directives.foreign_directives(text):
-        f.add(offset, problem)
+    foreign = directives.foreign_directives(text)
     try:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
+        for offset, _, problem in foreign:
+            f.add(offset, problem)
         index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
         _copy_before(f, text[:text.rfind("\n", 0, index) + 1])
         psql_only = directives.psql_only(text, index)
@@ -221,8 +222,13 @@ def _lex(m: Migration) -> tuple[Plan | None, list[str]]:
         offset = to_char(start)
         node = next(iter(raw["stmt"].items()))
         nodes.append((node, offset, to_char(end) - offset))
+    rollback = m.file.endswith(("_rollback.sql", ".down.sql"))
+    for offset, rule, problem in foreign:
+        if not (rule.down and rollback and (not nodes or offset < nodes[0][1])):
+            f.add(offset, problem)
     if not nodes:
-        return None, [f"{m.file}: contains no SQL statement (only comments); write its SQL"]
+        f.add(m.file, "contains no SQL statement (only comments); write its SQL")
+        return None, f.problems
 
     first, last = _txn_kind(nodes[0][0]), _txn_kind(nodes[-1][0])
     if transactional and first in ("BEGIN", "START") and len(nodes) > 1 and last == "COMMIT":

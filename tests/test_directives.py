@@ -127,3 +127,27 @@ def test_psql_variable_is_named(tmp_path: Path, use: str) -> None:
 def test_a_syntax_error_that_is_not_psql_stays_a_syntax_error(tmp_path: Path) -> None:
     found = problems(tmp_path, "SELECT 1;\nSELEC 2;\nSELECT a[1:2] FROM t;\n")
     assert len(found) == 1 and found[0].startswith("001_x.sql:2:1: syntax error"), found
+
+
+@pytest.mark.parametrize(("up", "down"), [
+    ("002_note.up.sql", "002_note.down.sql"), ("002_note.sql", "002_note_rollback.sql")])
+def test_a_split_dbmate_file_keeps_its_markers_at_the_head(
+        tmp_path: Path, up: str, down: str) -> None:
+    """The fix the dbmate message gives: each half in its own file, markers and all."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / up).write_text("-- migrate:up\nCREATE TABLE note (id int);\n")
+    (folder / down).write_text("-- migrate:down\nDROP TABLE note;\n")
+    migrations = files.load(folder)
+    assert statements.lex(migrations)[1] == []
+    assert statements.lex_rollbacks(migrations)[1] == []
+    # ...but below a statement, even in a rollback file, it still starts a second part.
+    (folder / down).write_text("DROP TABLE note;\n-- +goose Down\nCREATE TABLE note (id int);\n")
+    (problem,) = statements.lex_rollbacks(files.load(folder))[1]
+    assert problem.startswith(f"{down}:2:1: `-- +goose Down` is a goose directive")
+
+
+def test_offsets_count_characters_in_non_ascii_files(tmp_path: Path) -> None:
+    found = problems(tmp_path, "-- Größe, 寸法\nSELECT 'é';\n-- migrate:down\n"
+                               "SELECT 'ü'; \\i x.sql\n")
+    assert [p.split(": ", 1)[0] for p in found] == ["001_x.sql:3:1", "001_x.sql:4:13"], found
