@@ -177,7 +177,7 @@ def test_the_server_refuses_each_entry_in_a_transaction_block(subscription: Db) 
         if disable:
             db.execute("ALTER SUBSCRIPTION sub ENABLE")
         checked.append(sql)
-    assert len(checked) >= 20, checked
+    assert len(checked) >= 17, checked  # PostgreSQL 13 has the fewest entries
 
 
 def test_the_server_refuses_each_outside_entry_in_autocommit(db: Db) -> None:
