@@ -3,8 +3,8 @@ that need a client feeding them data: what a migration file may not contain, by 
 runner runs it (SPEC §2).
 
 The first table is every caller of `PreventInTransactionBlock` in src/backend of
-PostgreSQL 13 to 18 (read in the 13.16, 15.18 and 18.6 sources; 14, 16 and 17 from the
-releases that added or changed a caller), options included. The name each entry gives is
+PostgreSQL 13 to 18, options included (read in the 13.16, 15.18 and 18.6 sources; where an
+entry starts in 14 or 17, that is the release that added its feature). The name each entry gives is
 the one the server puts in its 25001 error. Left out, because the text alone cannot tell:
 
 - REINDEX TABLE / INDEX and CLUSTER of a *partitioned* table (indexcmds.c
