@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from runner import directives, plpgsql, refusals
 from runner.errors import ValidationError
 from runner.files import Migration, read_rollback
 
@@ -63,33 +64,6 @@ def _txn_kind(node: Node) -> str | None:
     return str(body.get("kind", "")).removeprefix("TRANS_STMT_")
 
 
-def _outside_transaction_only(node: Node) -> str | None:
-    """What the statement is, when PostgreSQL refuses to run it in a transaction block."""
-    kind, body = node
-    if kind == "IndexStmt" and body.get("concurrent"):
-        return "CREATE INDEX CONCURRENTLY"
-    if kind == "ReindexStmt" and any(p.get("DefElem", {}).get("defname") == "concurrently"
-                                     for p in body.get("params", ())):
-        return "REINDEX CONCURRENTLY"
-    if kind == "DropStmt" and body.get("concurrent"):
-        return "DROP INDEX CONCURRENTLY"
-    if kind == "VacuumStmt" and body.get("is_vacuumcmd"):
-        return "VACUUM"
-    if kind == "AlterTableStmt" and any(
-        c.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
-        for c in body.get("cmds", ())
-    ):
-        return "DETACH PARTITION CONCURRENTLY"
-    names = {
-        "CreatedbStmt": "CREATE DATABASE",
-        "DropdbStmt": "DROP DATABASE",
-        "AlterSystemStmt": "ALTER SYSTEM",
-        "CreateTableSpaceStmt": "CREATE TABLESPACE",
-        "DropTableSpaceStmt": "DROP TABLESPACE",
-    }
-    return names.get(kind)
-
-
 class _CharOffsets:
     """libpg_query reports byte offsets; Python slices by character. Offsets come in
     increasing order, so each conversion decodes only the bytes since the last one."""
@@ -109,20 +83,139 @@ class _CharOffsets:
         return self.last_char
 
 
+class _File:
+    """One file being lexed: its text, and `file:line:column` of an offset in it."""
+
+    def __init__(self, m: Migration) -> None:
+        self.m = m
+        self.text = m.text
+        self.chars = _CharOffsets(m.text)
+        self.problems: list[str] = []
+
+    def at(self, offset: int) -> str:
+        line, col = line_col(self.text, offset)
+        return f"{self.m.file}:{line}:{col}"
+
+    def body_line(self, body_byte: int, line: int) -> str:
+        """`file:line:column` of line `line` (1-based) of a function body starting at a
+        byte offset: the line's first non-blank character."""
+        number = self.chars.data.count(b"\n", 0, body_byte) + line
+        start = 0
+        for _ in range(number - 1):
+            start = self.text.find("\n", start) + 1
+        text = self.text[start:].split("\n", 1)[0]
+        return f"{self.m.file}:{number}:{len(text) - len(text.lstrip()) + 1}"
+
+    def add(self, where: int | str, message: str) -> None:
+        """A problem at a character offset, or at a place already written out."""
+        place = self.at(where) if isinstance(where, int) else where
+        self.problems.append(f"{place}: {message}")
+
+
+def _copy_before(f: _File, prefix: str) -> None:
+    """A psql dump's `COPY ... FROM stdin;` followed by its data lines parses up to the
+    data: name the COPY, not only the first data line, when the lines before parse."""
+    from pglast.parser import ParseError, parse_sql_json
+
+    try:
+        tree = json.loads(parse_sql_json(prefix))
+    except ParseError:
+        return
+    chars = _CharOffsets(prefix)
+    for raw in tree.get("stmts", ()):
+        node = next(iter(raw["stmt"].items()))
+        if (stream := refusals.client_stream(node)) is not None:
+            f.add(chars(raw.get("stmt_location", 0)), _stream_problem(stream))
+
+
+def _stream_problem(stream: str) -> str:
+    return (f"{stream} needs a client feeding or reading the data (psql does); the runner "
+            "sends SQL only: use INSERT ... VALUES, or COPY from a file on the database "
+            "server")
+
+
+def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
+    """Every statement against how it will run: in the file's transaction, or on its own
+    in autocommit (`-- migrate:no-transaction`)."""
+    subs = refusals.Subscriptions()
+    procs = plpgsql.Procedures()
+    for node, offset, length in nodes:
+        where = offset  # written out only for a problem: line_col counts from the start
+        kind = _txn_kind(node)
+        if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
+            continue
+        if kind is not None:
+            place = "a no-transaction file" if not transactional else "the middle of a file"
+            f.add(where, f"transaction control ({kind.replace('_', ' ')}) in {place}; the "
+                         "runner manages the transaction, remove it")
+            continue
+        if (stream := refusals.client_stream(node)) is not None:
+            f.add(where, _stream_problem(stream))
+        if not transactional:
+            if (refusal := refusals.refused_outside_transaction(node)) is not None:
+                f.add(where, f"{refusal.name} can only run inside a transaction block, and a "
+                             "no-transaction file runs each statement on its own; move it "
+                             "to a transactional file")
+            continue
+        if (refusal := refusals.refused_in_transaction(node, subs)) is not None:
+            f.add(where, f"{refusal.name} cannot run inside a transaction block (PostgreSQL "
+                         f"refuses it with 25001){_NEEDS_NEW_FILE}")
+        subs.note(node)
+        _transaction_ends(f, procs, node, where, f.text[offset:offset + length])
+
+
+def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: int,
+                      sql: str) -> None:
+    """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL reaches:
+    refused in a transaction with 2D000 at run time."""
+    fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
+           "invalid transaction termination)" + _NEEDS_NEW_FILE)
+    if (target := plpgsql.called(node)) is not None:
+        if (end := procs.ends(target)) is not None:
+            f.add(where, f"CALL {target} reaches the {end.what} of procedure {end.procedure} "
+                         f"({f.body_line(end.body_at, end.line)}){fix}")
+        return
+    parsed = plpgsql.body_of(node, sql)
+    if node[0] == "CreateFunctionStmt":
+        procs.define(node, parsed)
+    if parsed is None or node[0] != "DoStmt":
+        return
+    body, at = parsed
+    if body.ends:
+        line, what = body.ends[0]
+        f.add(f.body_line(at, line), f"{what} inside a DO block{fix}")
+    else:
+        for line, target in body.calls:
+            if (end := procs.ends(target)) is not None:
+                f.add(f.body_line(at, line), f"this DO block calls {target}, which reaches "
+                      f"the {end.what} of procedure {end.procedure} "
+                      f"({f.body_line(end.body_at, end.line)}){fix}")
+                break
+
+
 def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
     # The parser's JSON, not pglast's Python node objects: the same grammar and checks
     # at a fraction of the cost (no object per parse-tree node).
     from pglast.parser import ParseError, parse_sql_json
 
+    f = _File(m)
     text = m.text
     transactional = is_transactional(text)
+    foreign = directives.foreign_directives(text)
     try:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
+        for offset, _, problem in foreign:
+            f.add(offset, problem)
         index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-        line, col = line_col(text, index)
-        return None, [f"{m.file}:{line}:{col}: {exc.args[0]}; fix the SQL"]
-    to_char = _CharOffsets(text)
+        _copy_before(f, text[:text.rfind("\n", 0, index) + 1])
+        psql_only = directives.psql_only(text, index)
+        for offset, problem in psql_only:
+            f.add(offset, problem)
+        if not psql_only:
+            f.add(index, f"{exc.args[0]}; fix the SQL")
+        return None, f.problems
+    to_char = f.chars
     nodes: list[tuple[Node, int, int]] = []
     for raw in tree.get("stmts", ()):
         start = raw.get("stmt_location", 0)
@@ -130,37 +223,26 @@ def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
         offset = to_char(start)
         node = next(iter(raw["stmt"].items()))
         nodes.append((node, offset, to_char(end) - offset))
+    rollback = m.file.endswith(("_rollback.sql", ".down.sql"))
+    for offset, rule, problem in foreign:
+        if not (rule.down and rollback and (not nodes or offset < nodes[0][1])):
+            f.add(offset, problem)
     if not nodes:
-        if empty_ok:
+        if empty_ok and not f.problems:
             return Plan(m, transactional, ()), []
-        return None, [f"{m.file}: contains no SQL statement (only comments); write its SQL"]
-
-    problems: list[str] = []
-
-    def at(offset: int) -> str:
-        line, col = line_col(text, offset)
-        return f"{m.file}:{line}:{col}"
+        f.add(m.file, "contains no SQL statement (only comments); write its SQL")
+        return None, f.problems
 
     first, last = _txn_kind(nodes[0][0]), _txn_kind(nodes[-1][0])
     wrapped = (transactional and first in ("BEGIN", "START") and len(nodes) > 1
                and last == "COMMIT")
     if wrapped:
         nodes = nodes[1:-1]  # the psql-style wrapper: the runner runs the body in its own
-    for node, offset, _ in nodes:
-        kind = _txn_kind(node)
-        if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
-            continue
-        if kind is not None:
-            where = "a no-transaction file" if not transactional else "the middle of a file"
-            problems.append(f"{at(offset)}: transaction control ({kind.replace('_', ' ')}) in "
-                            f"{where}; the runner manages the transaction, remove it")
-        elif transactional and (what := _outside_transaction_only(node)):
-            problems.append(f"{at(offset)}: {what} cannot run inside a transaction"
-                            + _NEEDS_NEW_FILE)
-    if not nodes and not problems:
-        problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
+    _check(f, nodes, transactional)
+    if not nodes and not f.problems:
+        f.problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
     statements = tuple(Statement(o, text[o : o + n]) for _, o, n in nodes)
-    return Plan(m, transactional, statements, wrapped), problems
+    return Plan(m, transactional, statements, wrapped), f.problems
 
 
 def lex(migrations: list[Migration], empty_ok: bool = False) -> tuple[list[Plan], list[str]]:
