@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -18,8 +16,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from runner import conninfo as cinfo
 from runner import log
-from runner.errors import ConfigError, UnreachableError
+from runner.errors import UnreachableError
 from runner.settings import Settings
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -56,33 +55,6 @@ _CONNECT_FAILURES = [
 ]
 
 
-def parse(conninfo: str) -> dict[str, Any]:
-    def bad(reason: str) -> ConfigError:
-        return ConfigError(f"DATABASE_URL is not a valid URL or key=value string ({reason})",
-                           variable="DATABASE_URL")
-
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        # libpq's message may quote the string itself, password included: don't repeat it.
-        reason = str(exc).split("\n")[0]
-        raise bad("malformed" if "=" in reason or "://" in reason else reason) from None
-    ports = str(params.get("port") or "0").split(",")
-    if not all(p.strip().isdigit() for p in ports):
-        raise bad("the port is not a number")
-    return params
-
-
-def redact(params: dict[str, Any]) -> str:
-    """`postgresql://user@host:port/db` — never the password or other parameters."""
-    env = os.environ
-    user = params.get("user") or env.get("PGUSER") or ""
-    host = params.get("host") or params.get("hostaddr") or env.get("PGHOST") or ""
-    port = params.get("port") or env.get("PGPORT") or ""
-    db = params.get("dbname") or env.get("PGDATABASE") or ""
-    return f"postgresql://{user}{'@' if user else ''}{host}{':' if port else ''}{port}/{db}"
-
-
 def classify(exc: BaseException) -> tuple[str | None, str | None]:
     """(sqlstate, reason to retry or None when retrying cannot help)."""
     if not isinstance(exc, psycopg.OperationalError):
@@ -104,8 +76,8 @@ def connect(settings: Settings, purpose: str) -> Connection:
     """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT."""
     logger = log.get()
     conninfo = settings.conninfo()
-    params = parse(conninfo)
-    target = redact(params)
+    params = cinfo.parse(conninfo, cinfo.source_name(settings.database_url_file))
+    target = cinfo.target(params)
     kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
                               "autocommit": True}
     if settings.connect_timeout > 0:
@@ -131,7 +103,8 @@ def connect(settings: Settings, purpose: str) -> Connection:
     try:
         conn: Connection = retrying(psycopg.connect, conninfo, **kwargs)
     except psycopg.OperationalError as exc:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        text = str(exc).strip()
+        message = cinfo.scrub(text.splitlines()[-1] if text else exc.__class__.__name__)
         sqlstate, reason = classify(exc)
         if reason:
             raise UnreachableError(
@@ -161,7 +134,3 @@ def backend_pid(conn: Connection) -> int:
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None
     return int(row[0])
-
-
-def describe_target(settings: Settings) -> str:
-    return redact(parse(settings.conninfo()))
