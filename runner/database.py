@@ -11,13 +11,12 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
+    stop_after_delay,
     wait_exponential_jitter,
 )
 
 from runner import conninfo as cinfo
-from runner import log
+from runner import log, refusal
 from runner.errors import UnreachableError
 from runner.settings import Settings
 
@@ -27,49 +26,22 @@ APPLICATION_NAME = "migration-runner"
 # noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows.
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
-# Transient: the server is not there yet, is starting or stopping, or is full.
-_TRANSIENT_SQLSTATES = {"57P03": "starting_up", "53300": "too_many_connections",
-                        "57P01": "shutting_down", "08006": "connection_failure"}
-# libpq reports a failed connection as text only: (phrase, sqlstate the server sent or
-# None, reason when worth retrying or None when it never will succeed).
-_CONNECT_FAILURES = [
-    ("password authentication failed", "28P01", None),
-    ("no password supplied", "28P01", None),
-    ("no pg_hba.conf entry", "28000", None),
-    ("role \"", "28000", None),  # role "x" does not exist
-    ("database \"", "3D000", None),  # database "x" does not exist
-    ("the database system is starting up", "57P03", "starting_up"),
-    ("the database system is shutting down", "57P01", "shutting_down"),
-    ("the database system is in recovery mode", "57P03", "starting_up"),
-    ("too many clients", "53300", "too_many_connections"),
-    ("connection refused", None, "connection_refused"),
-    ("could not translate host name", None, "name_not_resolved"),
-    ("failed to resolve host", None, "name_not_resolved"),
-    ("name or service not known", None, "name_not_resolved"),
-    ("temporary failure in name resolution", None, "name_not_resolved"),
-    ("timeout expired", None, "timeout"),
-    ("timed out", None, "timeout"),
-    ("connection reset", None, "connection_reset"),
-    ("server closed the connection unexpectedly", None, "connection_reset"),
-    ("no such file or directory", None, "socket_missing"),  # unix socket not there yet
-]
-
-
-def classify(exc: BaseException) -> tuple[str | None, str | None]:
-    """(sqlstate, reason to retry or None when retrying cannot help)."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return None, None
-    if exc.sqlstate is not None:
-        return exc.sqlstate, _TRANSIENT_SQLSTATES.get(exc.sqlstate)
-    text = str(exc).lower()
-    for phrase, state, reason in _CONNECT_FAILURES:
-        if phrase in text:
-            return state, reason
-    return None, None
 
 
 def transient_reason(exc: BaseException) -> str | None:
-    return classify(exc)[1]
+    return refusal.classify(exc)[1]
+
+
+def _wait_within(timeout: float) -> Any:
+    """Exponential backoff with jitter, the last sleep cut to the time left, so the last
+    attempt is made at the deadline rather than one backoff step before it."""
+    backoff = wait_exponential_jitter(initial=0.2, max=5, jitter=0.3)
+
+    def wait(state: RetryCallState) -> float:
+        left = timeout - (state.seconds_since_start or 0.0)
+        return max(0.0, min(backoff(state), left))
+
+    return wait
 
 
 def connect(settings: Settings, purpose: str) -> Connection:
@@ -90,22 +62,19 @@ def connect(settings: Settings, purpose: str) -> Connection:
                     reason=transient_reason(exc) if exc else None, target=target,
                     purpose=purpose)
 
-    stop = (stop_after_attempt(1) if settings.wait_timeout == 0
-            else stop_before_delay(settings.wait_timeout))
     retrying = Retrying(
-        stop=stop,
-        wait=wait_exponential_jitter(initial=0.2, max=5, jitter=0.3),
+        stop=stop_after_delay(settings.wait_timeout),
+        wait=_wait_within(settings.wait_timeout),
         retry=retry_if_exception(lambda e: transient_reason(e) is not None),
         before_sleep=before_sleep,
         sleep=time.sleep,
         reraise=True,
     )
     try:
-        conn: Connection = retrying(psycopg.connect, conninfo, **kwargs)
+        conn: Connection = retrying(refusal.VerboseConnection.connect, conninfo, **kwargs)
     except psycopg.OperationalError as exc:
-        text = str(exc).strip()
-        message = cinfo.scrub(text.splitlines()[-1] if text else exc.__class__.__name__)
-        sqlstate, reason = classify(exc)
+        message = cinfo.scrub(refusal.message(exc))
+        sqlstate, reason = refusal.classify(exc)
         if reason:
             raise UnreachableError(
                 f"database {target} not reachable within {settings.wait_timeout:g}s: {message}",
