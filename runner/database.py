@@ -17,7 +17,7 @@ from tenacity import (
 
 from runner import conninfo as cinfo
 from runner import log, refusal
-from runner.errors import UnreachableError
+from runner.errors import ConfigError, UnreachableError
 from runner.settings import Settings
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -45,11 +45,19 @@ def _wait_within(timeout: float) -> Any:
 
 
 def connect(settings: Settings, purpose: str) -> Connection:
-    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT."""
+    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds).
+
+    Raises ConfigError (exit 2) for a connection string that cannot be right and when
+    nothing at all is configured and libpq's defaults fail; UnreachableError (exit 3)
+    when the server refused for good or did not answer in time."""
     logger = log.get()
     conninfo = settings.conninfo()
     params = cinfo.parse(conninfo, cinfo.source_name(settings.database_url_file))
     target = cinfo.target(params)
+    # Nothing configured: libpq's defaults (the local socket, as the OS user) get one try,
+    # as psql would give them; waiting cannot make a setting appear.
+    configured = cinfo.configured(conninfo)
+    wait_timeout = settings.wait_timeout if configured else 0.0
     kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
                               "autocommit": True}
     if settings.connect_timeout > 0:
@@ -63,8 +71,8 @@ def connect(settings: Settings, purpose: str) -> Connection:
                     purpose=purpose)
 
     retrying = Retrying(
-        stop=stop_after_delay(settings.wait_timeout),
-        wait=_wait_within(settings.wait_timeout),
+        stop=stop_after_delay(wait_timeout),
+        wait=_wait_within(wait_timeout),
         retry=retry_if_exception(lambda e: transient_reason(e) is not None),
         before_sleep=before_sleep,
         sleep=time.sleep,
@@ -75,9 +83,14 @@ def connect(settings: Settings, purpose: str) -> Connection:
     except psycopg.OperationalError as exc:
         message = cinfo.scrub(refusal.message(exc))
         sqlstate, reason = refusal.classify(exc)
+        if not configured:
+            raise ConfigError(
+                "no database configured: set DATABASE_URL (or DATABASE_URL_FILE, or libpq's "
+                f"PGHOST, PGUSER, ... variables); libpq's defaults, {target}, failed: "
+                f"{message}", variable="DATABASE_URL", sqlstate=sqlstate) from None
         if reason:
             raise UnreachableError(
-                f"database {target} not reachable within {settings.wait_timeout:g}s: {message}",
+                f"database {target} not reachable within {wait_timeout:g}s: {message}",
                 sqlstate=sqlstate, target=target) from None
         raise UnreachableError(f"database {target} refused the connection: {message}",
                                sqlstate=sqlstate, target=target) from None

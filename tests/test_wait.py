@@ -137,3 +137,30 @@ def test_nothing_listening_waits_up_to_the_deadline_and_tries_at_it(migrations: 
     retries = [e for e in result.events if e["event"] == "db_wait_retry"]
     waited = sum(e["delay_s"] for e in retries)
     assert 2.5 <= waited <= 3.0, f"slept {waited:.3f} s in all"
+
+
+@pytest.mark.parametrize("command", ["migrate", "status"])
+def test_nothing_configured_exit_2_at_once_naming_database_url(
+        command: str, migrations: Files) -> None:
+    """Issue 13 item 10: with no DATABASE_URL and no PG* variable every command retried
+    `postgresql:///` for the whole wait. Nothing configured cannot become configured by
+    waiting: libpq's defaults get one try (as psql gives them), then exit 2."""
+    started = time.monotonic()
+    result = run(None, migrations({"1_a.sql": "SELECT 1;"}), command,
+                 MIGRATE_WAIT_TIMEOUT="10s")
+    assert result.code == 2, result.stderr
+    assert time.monotonic() - started < 5
+    assert "db_wait_retry" not in result.names()
+    last = result.events[-1]
+    assert last["variable"] == "DATABASE_URL"
+    assert last["error"].startswith("no database configured: set DATABASE_URL")
+
+
+def test_refused_tcp_connection_keeps_libpq_main_line(migrations: Files) -> None:
+    """Issue 13 item 17: only the trailing hint, with its tab, was kept."""
+    result = run(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+                 migrations({"1_a.sql": "SELECT 1;"}), MIGRATE_WAIT_TIMEOUT="0")
+    assert result.code == 3
+    error = result.events[-1]["error"]
+    assert "Connection refused" in error and "Is the server running" in error
+    assert "\t" not in error
