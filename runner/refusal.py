@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,13 @@ def _set_verbosity(conn: PGconn, verbosity: int) -> None:
         _LIBPQ.PQsetErrorVerbosity(pointer, verbosity)
 
 
-def _connect_verbose(conninfo: str) -> Generator[tuple[int, Wait], Ready | int, PGconn]:
+def _connect_verbose(conninfo: str, timeout: float = 0.0
+                     ) -> Generator[tuple[int, Wait], Ready | int, PGconn]:
     """psycopg's connection generator (psycopg/generators.py `_connect`), with VERBOSE
     errors while connecting; back to DEFAULT once connected, so SQL errors read as
-    before."""
+    before. `timeout` (seconds): psycopg 3.2 hands the attempt's timeout to the
+    generator, 3.3 enforces it in its own wait and passes none."""
+    deadline = time.monotonic() + timeout if timeout else 0.0
     conn = pq.PGconn.connect_start(conninfo.encode())
     _set_verbosity(conn, PQERRORS_VERBOSE)
     while True:
@@ -100,7 +104,9 @@ def _connect_verbose(conninfo: str) -> Generator[tuple[int, Wait], Ready | int, 
         if status in (pq.PollingStatus.READING, pq.PollingStatus.WRITING):
             wait = Wait.R if status == pq.PollingStatus.READING else Wait.W
             while not (yield conn.socket, wait):
-                pass
+                if deadline and time.monotonic() > deadline:
+                    conn.finish()
+                    raise psycopg.errors.ConnectionTimeout("connection timeout expired")
         else:
             message = conn.get_error_message()
             conn.finish()
@@ -111,8 +117,9 @@ class VerboseConnection(psycopg.Connection[tuple[Any, ...]]):
     """A psycopg connection whose failed attempts name the server's SQLSTATE."""
 
     @classmethod
-    def _connect_gen(cls, conninfo: str = "") -> Any:  # psycopg's hook for one attempt
-        pgconn = yield from _connect_verbose(conninfo)
+    def _connect_gen(cls, conninfo: str = "", *, timeout: float = 0.0) -> Any:
+        # psycopg's hook for one attempt (psycopg/_connection_base.py, 3.2 and 3.3)
+        pgconn = yield from _connect_verbose(conninfo, timeout)
         return cls(pgconn)
 
 

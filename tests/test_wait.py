@@ -3,6 +3,7 @@ and up to the deadline itself (issue 10 E; SPEC §3)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -164,3 +165,19 @@ def test_refused_tcp_connection_keeps_libpq_main_line(migrations: Files) -> None
     error = result.events[-1]["error"]
     assert "Connection refused" in error and "Is the server running" in error
     assert "\t" not in error
+
+
+def test_server_that_never_answers_is_a_timeout_retried(migrations: Files) -> None:
+    """No SQLSTATE and no refusal: the TCP connection is accepted and nothing answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        result = run(f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                     migrations({"1_a.sql": "SELECT 1;"}), MIGRATE_WAIT_TIMEOUT="3s",
+                     MIGRATE_CONNECT_TIMEOUT="2s")
+        elapsed = time.monotonic() - started
+    assert result.code == 3, result.stderr
+    assert {e["reason"] for e in result.events if e["event"] == "db_wait_retry"} == {"timeout"}
+    assert 3 <= elapsed < 3 + 2 + 1.5  # the last attempt may start at the deadline
