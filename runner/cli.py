@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else CONFIG
     except Exception as exc:  # a bug: still a clear exit and termination message
         code, message = 1, f"internal error: {exc!r}"
-        final = ("run_failed", {"exc_info": exc})
+        # Rendered here rather than by the log, so it is scrubbed like every other field.
+        final = ("run_failed", {"exception": "".join(traceback.format_exception(exc))})
     # Whatever a library put in the message, the termination file and the webhook get
     # it without the connection string's secrets, as the log does.
     message, fields = conninfo.scrub(message), conninfo.scrub_all(fields)

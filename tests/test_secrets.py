@@ -190,3 +190,28 @@ def test_special_characters_percent_encoded_connect_and_stay_hidden(
     assert status.result.code == 0 and status.result.stdout
     for each in (out, status):
         each.assert_clean(HEAD, TAIL, quote(password, safe=""))
+
+
+def test_internal_error_traceback_and_termination_are_scrubbed(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    """A bug whose exception quotes the password: the traceback is rendered before the
+    scrubber sees the event, and the termination message is scrubbed too."""
+    from runner import cli, conninfo
+
+    monkeypatch.setattr(conninfo, "_secrets", set())
+
+    def bug(settings: Any, as_json: bool) -> int:
+        conninfo.parse(settings.conninfo())
+        raise RuntimeError(f"bug near {HEAD}{TAIL}")
+
+    monkeypatch.setattr("runner.commands.status.status", bug)
+    term = tmp_path / "term"
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{HEAD}{TAIL}@127.0.0.1:1/app")
+    monkeypatch.setenv("MIGRATE_TERMINATION_LOG", str(term))
+    monkeypatch.setenv("MIGRATE_LOG_FORMAT", "json")
+    assert cli.main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError" in err and "Traceback" in err
+    assert HEAD not in err and TAIL not in err
+    assert term.read_text().startswith("internal error") and HEAD not in term.read_text()
