@@ -90,22 +90,26 @@ def target(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
 
 def hidden_values(conninfo: str, params: Mapping[str, Any],
                   environ: Mapping[str, str]) -> set[str]:
-    """Every value of the connection string that no output may show: the password (as
-    written and decoded) and every parameter that is not part of the target; PGPASSWORD
-    too. A value equal to the user, host, port or database name stays: the target shows
-    it anyway (SPEC §6)."""
-    values = {str(v) for k, v in params.items() if k not in SHOWN and v}
+    """What no output may show, as it would appear there.
+
+    The passwords (as written and decoded, and PGPASSWORD) bare, wherever they appear.
+    Every other parameter that is not part of the target in double quotes, the way
+    libpq echoes a value it refuses (`invalid sslmode value: "..."`, a certificate
+    path): bare, `sslmode=require` would blank every "require" in every message. A value
+    equal to the user, host, port or database name stays: the target shows it (SPEC §6)."""
+    secrets = {str(v) for k, v in params.items() if k in SECRET_OPTIONS and v}
     if conninfo.startswith(_SCHEMES):
         # libpq's reading (conninfo_uri_parse_options): user info ends at the first @
         # met before any /, and the password follows the first : in it.
         authority = conninfo.split("://", 1)[1].partition("/")[0]
         if "@" in authority:
             raw = authority.partition("@")[0].partition(":")[2]
-            values |= {raw, unquote(raw)}
+            secrets |= {raw, unquote(raw)}
     if environ.get("PGPASSWORD"):
-        values.add(environ["PGPASSWORD"])
+        secrets.add(environ["PGPASSWORD"])
+    quoted = {f'"{v}"' for k, v in params.items() if k not in SHOWN + SECRET_OPTIONS and v}
     shown = {str(params.get(k) or "") for k in SHOWN}
-    return {v for v in values if v and v not in shown}
+    return {v for v in secrets if v and v not in shown} | quoted
 
 
 def register(conninfo: str, params: Mapping[str, Any], environ: Mapping[str, str]) -> None:
@@ -113,11 +117,11 @@ def register(conninfo: str, params: Mapping[str, Any], environ: Mapping[str, str
     _secrets.update(hidden_values(conninfo, params, environ))
 
 
-def scrub(text: str, extra: set[str] | None = None) -> str:
-    """`text` with every registered value (and `extra`) of 3 characters or more replaced
-    by ***, longest first so a password is not half-replaced by one of its parts."""
-    values = _secrets | (extra or set())
-    for value in sorted(values, key=len, reverse=True):
+def scrub(text: str) -> str:
+    """`text` with every registered value of 3 characters or more replaced by ***,
+    longest first so a password is not half-replaced by one of its parts. (Shorter
+    passwords would match everywhere: timestamps, ports.)"""
+    for value in sorted(_secrets, key=len, reverse=True):
         if len(value) >= _MIN_SCRUBBED and value in text:
             text = text.replace(value, _MASK)
     return text

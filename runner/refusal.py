@@ -57,6 +57,11 @@ def _loaded_libpq() -> Any:
     """The libpq psycopg uses, only if already loaded (RTLD_NOLOAD): a PGconn must never
     reach another copy of the library."""
     candidates: list[str | None] = []
+    try:  # Linux: the mapped files of this process name it exactly
+        with open("/proc/self/maps") as maps:
+            candidates += sorted({line.split()[-1] for line in maps if "/libpq" in line})
+    except OSError:
+        pass
     if pq.__impl__ == "binary":
         import psycopg_binary
 

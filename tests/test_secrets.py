@@ -215,3 +215,17 @@ def test_internal_error_traceback_and_termination_are_scrubbed(
     assert "RuntimeError" in err and "Traceback" in err
     assert HEAD not in err and TAIL not in err
     assert term.read_text().startswith("internal error") and HEAD not in term.read_text()
+
+
+def test_scrub_hides_secrets_bare_and_other_values_only_as_libpq_quotes_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sslmode=require` (every RDS URL) must not blank "require" in every message."""
+    from runner import conninfo
+
+    monkeypatch.setattr(conninfo, "_secrets", set())
+    url = f"postgresql://app:{HEAD}%40{TAIL}@db:5432/app?sslmode=require&sslcert=/s/{TAIL}.crt"
+    conninfo.parse(url, environ={})
+    text = (f'SSL was required; password {HEAD}@{TAIL} or {HEAD}%40{TAIL}; could not open '
+            f'certificate file "/s/{TAIL}.crt"; user app on db:5432/app')
+    assert conninfo.scrub(text) == ("SSL was required; password *** or ***; could not open "
+                                    "certificate file ***; user app on db:5432/app")
