@@ -7,12 +7,13 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import psycopg
 
-from runner import __version__, log, metrics, notify
+from runner import __version__, conninfo, log, metrics, notify
 from runner.errors import CONFIG, ConfigError, Interrupted, RunnerError
 from runner.history import client_host
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(with_default_command(argv, parser))
         command = args.command
         settings = resolve(vars(args))
-        log.configure(settings.log_format, settings.log_level, watchers=[metrics.RECORDER])
+        log.configure(settings.log_format, settings.log_level,
+                      watchers=[conninfo.scrub_event, metrics.RECORDER])
         handler: Handler = args.handler
         code, message = handler(settings, args), ""
     except Interrupted as exc:
@@ -240,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else CONFIG
     except Exception as exc:  # a bug: still a clear exit and termination message
         code, message = 1, f"internal error: {exc!r}"
-        final = ("run_failed", {"exc_info": exc})
+        # Rendered here rather than by the log, so it is scrubbed like every other field.
+        final = ("run_failed", {"exception": "".join(traceback.format_exception(exc))})
+    # Whatever a library put in the message, the termination file and the webhook get
+    # it without the connection string's secrets, as the log does.
+    message, fields = conninfo.scrub(message), conninfo.scrub_all(fields)
     _report(settings, command, code, message, fields)
     if final is not None:  # last, so the log's final line says why the run failed
         event, extra = final

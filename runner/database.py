@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
+    stop_after_delay,
     wait_exponential_jitter,
 )
 
-from runner import log
+from runner import conninfo as cinfo
+from runner import log, refusal
 from runner.errors import ConfigError, UnreachableError
 from runner.settings import Settings
 
@@ -28,84 +26,38 @@ APPLICATION_NAME = "migration-runner"
 # noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows.
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
-# Transient: the server is not there yet, is starting or stopping, or is full.
-_TRANSIENT_SQLSTATES = {"57P03": "starting_up", "53300": "too_many_connections",
-                        "57P01": "shutting_down", "08006": "connection_failure"}
-# libpq reports a failed connection as text only: (phrase, sqlstate the server sent or
-# None, reason when worth retrying or None when it never will succeed).
-_CONNECT_FAILURES = [
-    ("password authentication failed", "28P01", None),
-    ("no password supplied", "28P01", None),
-    ("no pg_hba.conf entry", "28000", None),
-    ("role \"", "28000", None),  # role "x" does not exist
-    ("database \"", "3D000", None),  # database "x" does not exist
-    ("the database system is starting up", "57P03", "starting_up"),
-    ("the database system is shutting down", "57P01", "shutting_down"),
-    ("the database system is in recovery mode", "57P03", "starting_up"),
-    ("too many clients", "53300", "too_many_connections"),
-    ("connection refused", None, "connection_refused"),
-    ("could not translate host name", None, "name_not_resolved"),
-    ("failed to resolve host", None, "name_not_resolved"),
-    ("name or service not known", None, "name_not_resolved"),
-    ("temporary failure in name resolution", None, "name_not_resolved"),
-    ("timeout expired", None, "timeout"),
-    ("timed out", None, "timeout"),
-    ("connection reset", None, "connection_reset"),
-    ("server closed the connection unexpectedly", None, "connection_reset"),
-    ("no such file or directory", None, "socket_missing"),  # unix socket not there yet
-]
-
-
-def parse(conninfo: str) -> dict[str, Any]:
-    def bad(reason: str) -> ConfigError:
-        return ConfigError(f"DATABASE_URL is not a valid URL or key=value string ({reason})",
-                           variable="DATABASE_URL")
-
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        # libpq's message may quote the string itself, password included: don't repeat it.
-        reason = str(exc).split("\n")[0]
-        raise bad("malformed" if "=" in reason or "://" in reason else reason) from None
-    ports = str(params.get("port") or "0").split(",")
-    if not all(p.strip().isdigit() for p in ports):
-        raise bad("the port is not a number")
-    return params
-
-
-def redact(params: dict[str, Any]) -> str:
-    """`postgresql://user@host:port/db` — never the password or other parameters."""
-    env = os.environ
-    user = params.get("user") or env.get("PGUSER") or ""
-    host = params.get("host") or params.get("hostaddr") or env.get("PGHOST") or ""
-    port = params.get("port") or env.get("PGPORT") or ""
-    db = params.get("dbname") or env.get("PGDATABASE") or ""
-    return f"postgresql://{user}{'@' if user else ''}{host}{':' if port else ''}{port}/{db}"
-
-
-def classify(exc: BaseException) -> tuple[str | None, str | None]:
-    """(sqlstate, reason to retry or None when retrying cannot help)."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return None, None
-    if exc.sqlstate is not None:
-        return exc.sqlstate, _TRANSIENT_SQLSTATES.get(exc.sqlstate)
-    text = str(exc).lower()
-    for phrase, state, reason in _CONNECT_FAILURES:
-        if phrase in text:
-            return state, reason
-    return None, None
 
 
 def transient_reason(exc: BaseException) -> str | None:
-    return classify(exc)[1]
+    return refusal.classify(exc)[1]
+
+
+def _wait_within(timeout: float) -> Any:
+    """Exponential backoff with jitter, the last sleep cut to the time left, so the last
+    attempt is made at the deadline rather than one backoff step before it."""
+    backoff = wait_exponential_jitter(initial=0.2, max=5, jitter=0.3)
+
+    def wait(state: RetryCallState) -> float:
+        left = timeout - (state.seconds_since_start or 0.0)
+        return max(0.0, min(backoff(state), left))
+
+    return wait
 
 
 def connect(settings: Settings, purpose: str) -> Connection:
-    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT."""
+    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds).
+
+    Raises ConfigError (exit 2) for a connection string that cannot be right and when
+    nothing at all is configured and libpq's defaults fail; UnreachableError (exit 3)
+    when the server refused for good or did not answer in time."""
     logger = log.get()
     conninfo = settings.conninfo()
-    params = parse(conninfo)
-    target = redact(params)
+    params = cinfo.parse(conninfo, cinfo.source_name(settings.database_url_file))
+    target = cinfo.target(params)
+    # Nothing configured: libpq's defaults (the local socket, as the OS user) get one try,
+    # as psql would give them; waiting cannot make a setting appear.
+    configured = cinfo.configured(conninfo)
+    wait_timeout = settings.wait_timeout if configured else 0.0
     kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
                               "autocommit": True}
     if settings.connect_timeout > 0:
@@ -118,24 +70,27 @@ def connect(settings: Settings, purpose: str) -> Connection:
                     reason=transient_reason(exc) if exc else None, target=target,
                     purpose=purpose)
 
-    stop = (stop_after_attempt(1) if settings.wait_timeout == 0
-            else stop_before_delay(settings.wait_timeout))
     retrying = Retrying(
-        stop=stop,
-        wait=wait_exponential_jitter(initial=0.2, max=5, jitter=0.3),
+        stop=stop_after_delay(wait_timeout),
+        wait=_wait_within(wait_timeout),
         retry=retry_if_exception(lambda e: transient_reason(e) is not None),
         before_sleep=before_sleep,
         sleep=time.sleep,
         reraise=True,
     )
     try:
-        conn: Connection = retrying(psycopg.connect, conninfo, **kwargs)
+        conn: Connection = retrying(refusal.VerboseConnection.connect, conninfo, **kwargs)
     except psycopg.OperationalError as exc:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        sqlstate, reason = classify(exc)
+        message = cinfo.scrub(refusal.message(exc))
+        sqlstate, reason = refusal.classify(exc)
+        if not configured:
+            raise ConfigError(
+                "no database configured: set DATABASE_URL (or DATABASE_URL_FILE, or libpq's "
+                f"PGHOST, PGUSER, ... variables); libpq's defaults, {target}, failed: "
+                f"{message}", variable="DATABASE_URL", sqlstate=sqlstate) from None
         if reason:
             raise UnreachableError(
-                f"database {target} not reachable within {settings.wait_timeout:g}s: {message}",
+                f"database {target} not reachable within {wait_timeout:g}s: {message}",
                 sqlstate=sqlstate, target=target) from None
         raise UnreachableError(f"database {target} refused the connection: {message}",
                                sqlstate=sqlstate, target=target) from None
@@ -161,7 +116,3 @@ def backend_pid(conn: Connection) -> int:
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None
     return int(row[0])
-
-
-def describe_target(settings: Settings) -> str:
-    return redact(parse(settings.conninfo()))

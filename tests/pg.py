@@ -43,8 +43,11 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 class Cluster:
     """One server; `start`/`stop` may be called repeatedly (fault tests)."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        """`settings`: extra server settings for every start, e.g. {"lc_messages": ...}."""
         self.bin = bindir()
+        self.settings = settings or {}
         self.tmp = Path(tempfile.mkdtemp(prefix="mr-pg-"))
         self.data = self.tmp / "data"
         self.port = port or free_port()
@@ -66,10 +69,28 @@ class Cluster:
     def start(self, wait: bool = True) -> None:
         opts = (f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 "
                 "-c max_connections=200 -c fsync=off -c full_page_writes=off")
+        opts += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         cmd = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.tmp / "pg.log"),
                "-o", opts, "start"]
         cmd.insert(-1, "-w" if wait else "-W")
         subprocess.run(_as_postgres(cmd), check=True, capture_output=True)
+
+    def running(self) -> bool:
+        return subprocess.run(_as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data),
+                                            "status"]), capture_output=True).returncode == 0
+
+    def hold_in_recovery(self) -> None:
+        """The next start stays in recovery, answering every connection with 57P03
+        ("the database system is not yet accepting connections"), until `promote`."""
+        signal = self.data / "standby.signal"
+        signal.touch()
+        if os.geteuid() == 0:
+            shutil.chown(signal, "postgres")
+        self.settings["hot_standby"] = "off"
+
+    def promote(self) -> None:
+        subprocess.run(_as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-W",
+                                     "promote"]), check=True, capture_output=True)
 
     def stop(self) -> None:
         subprocess.run(_as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-w",
