@@ -15,8 +15,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from runner import connect_failure, log
 from runner import conninfo as cinfo
-from runner import log, refusal
 from runner.errors import ConfigError, UnreachableError
 from runner.settings import Settings
 
@@ -29,7 +29,7 @@ KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 
 
 def transient_reason(exc: BaseException) -> str | None:
-    return refusal.classify(exc)[1]
+    return connect_failure.classify(exc)[1]
 
 
 def _wait_within(timeout: float) -> Any:
@@ -79,10 +79,10 @@ def connect(settings: Settings, purpose: str) -> Connection:
         reraise=True,
     )
     try:
-        conn: Connection = retrying(refusal.VerboseConnection.connect, conninfo, **kwargs)
+        conn: Connection = retrying(connect_failure.VerboseConnection.connect, conninfo, **kwargs)
     except psycopg.OperationalError as exc:
-        message = cinfo.scrub(refusal.message(exc))
-        sqlstate, reason = refusal.classify(exc)
+        message = cinfo.scrub(connect_failure.message(exc))
+        sqlstate, reason = connect_failure.classify(exc)
         if not configured:
             raise ConfigError(
                 "no database configured: set DATABASE_URL (or DATABASE_URL_FILE, or libpq's "

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runner import directives, plpgsql, refusals
+from runner import directives, plpgsql, transaction_block
 from runner.errors import ValidationError
 from runner.files import Migration, read_rollback
 
@@ -124,7 +124,7 @@ def _copy_before(f: _File, prefix: str) -> None:
     chars = _CharOffsets(prefix)
     for raw in tree.get("stmts", ()):
         node = next(iter(raw["stmt"].items()))
-        if (stream := refusals.client_stream(node)) is not None:
+        if (stream := transaction_block.client_stream(node)) is not None:
             f.add(chars(raw.get("stmt_location", 0)), _stream_problem(stream))
 
 
@@ -137,7 +137,7 @@ def _stream_problem(stream: str) -> str:
 def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
     """Every statement against how it will run: in the file's transaction, or on its own
     in autocommit (`-- migrate:no-transaction`)."""
-    subs = refusals.Subscriptions()
+    subs = transaction_block.Subscriptions()
     procs = plpgsql.Procedures()
     for node, offset, length in nodes:
         where = offset  # written out only for a problem: line_col counts from the start
@@ -149,15 +149,15 @@ def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) ->
             f.add(where, f"transaction control ({kind.replace('_', ' ')}) in {place}; the "
                          "runner manages the transaction, remove it")
             continue
-        if (stream := refusals.client_stream(node)) is not None:
+        if (stream := transaction_block.client_stream(node)) is not None:
             f.add(where, _stream_problem(stream))
         if not transactional:
-            if (refusal := refusals.refused_outside_transaction(node)) is not None:
+            if (refusal := transaction_block.refused_outside_transaction(node)) is not None:
                 f.add(where, f"{refusal.name} can only run inside a transaction block, and a "
                              "no-transaction file runs each statement on its own; move it "
                              "to a transactional file")
             continue
-        if (refusal := refusals.refused_in_transaction(node, subs)) is not None:
+        if (refusal := transaction_block.refused_in_transaction(node, subs)) is not None:
             f.add(where, f"{refusal.name} cannot run inside a transaction block (PostgreSQL "
                          f"refuses it with 25001){_NEEDS_NEW_FILE}")
         subs.note(node)

@@ -1,5 +1,5 @@
 """Statements a migration file may not contain because of how the runner runs it
-(runner/refusals.py, SPEC §2): one example per entry of the table derived from
+(runner/transaction_block.py, SPEC §2): one example per entry of the table derived from
 PostgreSQL's source, refused at validation naming file and line, and checked against the
 real server the tests start."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runner import files, refusals, statements
+from runner import files, statements, transaction_block
 from runner.errors import ValidationError
 from tests.conftest import Db, run
 
@@ -100,10 +100,10 @@ def test_every_entry_of_the_derived_table_has_an_example() -> None:
     hit = set()
     for _, sql in IN_TRANSACTION:
         node = next(iter(json.loads(parse_sql_json(sql))["stmts"][0]["stmt"].items()))
-        refusal = refusals.refused_in_transaction(node, refusals.Subscriptions())
+        refusal = transaction_block.refused_in_transaction(node, transaction_block.Subscriptions())
         assert refusal is not None, sql
         hit.add(id(refusal))
-    assert hit == {id(r) for r in refusals.IN_TRANSACTION_BLOCK}
+    assert hit == {id(r) for r in transaction_block.IN_TRANSACTION_BLOCK}
 
 
 @pytest.mark.parametrize("sql", ALLOWED_IN_TRANSACTION)
@@ -162,7 +162,7 @@ def test_the_server_refuses_each_entry_in_a_transaction_block(subscription: Db) 
     major = int(db.scalar("SHOW server_version_num")) // 10000
     checked = []
     for name, sql in IN_TRANSACTION:
-        entry = next(r for r in refusals.IN_TRANSACTION_BLOCK if r.name == name)
+        entry = next(r for r in transaction_block.IN_TRANSACTION_BLOCK if r.name == name)
         if not _applies(entry.versions, major):
             continue
         # The failover and two_phase options are refused for an enabled subscription
