@@ -8,7 +8,7 @@ a CI log shows it plainly; the log gets the same list.
 
 from __future__ import annotations
 
-from runner import files, log, statements
+from runner import files, kustomization, log, statements
 from runner.commands import read_only
 from runner.errors import ValidationError
 from runner.history import Tables, compare
@@ -26,7 +26,7 @@ def file_problems(folder: files.Folder) -> list[str]:
 
 def validate(settings: Settings, offline: bool) -> int:
     folder = files.read_folder(settings.migrations_path)
-    problems = file_problems(folder)
+    problems = file_problems(folder) + kustomization.problems(settings.migrations_path)
     if not offline:
         with read_only(settings, "validate") as conn:
             applied = Tables(settings.schema).read_if_exists(conn)
