@@ -46,8 +46,9 @@ _ROLLBACK = """\
 """
 # (forward suffix, rollback suffix, the no-transaction directive both readers honour)
 _PLAIN = (".sql", "_rollback.sql", "-- migrate:no-transaction")
-# sqlx honours its directive only as the file's very first bytes, and then alone on
-# its line (sqlx-core src/migrate/source.rs); the runner reads it there too.
+# sqlx honours its directive only as the file's very first bytes
+# (sqlx-core src/migrate/source.rs: `sql.starts_with("-- no-transaction")`); the runner
+# reads it there too.
 _SQLX = (".up.sql", ".down.sql", "-- no-transaction")
 
 
