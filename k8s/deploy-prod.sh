@@ -25,7 +25,7 @@ kubectl -n "$ns" wait "job/$job" --for=condition=complete --timeout="$timeout" >
 complete=$!
 kubectl -n "$ns" wait "job/$job" --for=condition=failed --timeout="$timeout" >/dev/null &
 failed=$!
-wait -n "$complete" "$failed" || true
+wait -n || true   # the only two background jobs (bash 4.3+)
 kill "$complete" "$failed" 2>/dev/null || true
 wait "$complete" "$failed" 2>/dev/null || true
 
