@@ -130,7 +130,9 @@ def build_parser() -> Parser:
     which.add_argument("--steps", type=_steps, metavar="N",
                        help="roll back the N newest applied migrations (default 1)")
     which.add_argument("--to", type=_version, metavar="V",
-                       help="roll back everything newer than V (V stays applied; 0: all)")
+                       help="roll back every applied version greater than V; V stays "
+                       "applied (--to 0 rolls back all but a version 0, which only "
+                       "--steps can roll back)")
     p = command("baseline", _baseline, "record every migration up to V as applied without "
                 "running it (adopt a database built before the runner)")
     p.add_argument("--to", type=_version, metavar="V", required=True,

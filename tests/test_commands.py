@@ -377,14 +377,14 @@ def psql(db: Db, path: Path) -> None:
 
 def test_baseline_adopts_a_psql_built_database_then_migrate_applies_only_newer(
         db: Db) -> None:
-    psql(db, PACS / "001_initial_schema.sql")  # the old init containers
-    psql(db, PACS / "002_initial_seed_data.sql")
+    psql(db, PACS / "001_initial_schema.up.sql")  # the old init containers
+    psql(db, PACS / "002_initial_seed_data.up.sql")
     result = run(db.url, PACS, "baseline", "--to", "2")
     assert result.code == 0, result.stderr
     assert history(db) == [(1, "applied"), (2, "applied")]
     assert audit(db) == [(1, "baseline", True), (2, "baseline", True)]
     assert [e["file"] for e in result.events if e["event"] == "migration_baselined"] == [
-        "001_initial_schema.sql", "002_initial_seed_data.sql"]
+        "001_initial_schema.up.sql", "002_initial_seed_data.up.sql"]
     assert "migration_started" not in result.names()
 
     after = run(db.url, PACS)

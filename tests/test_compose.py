@@ -133,6 +133,7 @@ def test_settings_come_from_the_env_file(rendered: dict[str, Any]) -> None:
         "MIGRATE_WAIT_TIMEOUT",
         "MIGRATE_LOCK_TIMEOUT",
         "MIGRATE_LOG_FORMAT",
+        "MIGRATE_HISTORY_FORMAT",
     ):
         assert env[key] == values[key], key
     pg = rendered["services"]["postgres"]["environment"]
@@ -144,3 +145,16 @@ def test_app_starts_only_after_migrate_completed_successfully(rendered: dict[str
     app = rendered["services"]["app"]
     assert app["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_runner_shares_the_apps_sqlx_history(tmp_path: Path) -> None:
+    """With .env.example and with an .env that does not mention it, the runner keeps the
+    app's history (`_sqlx_migrations`), which the placeholder app reads."""
+    for env_file in (ENV_EXAMPLE, tmp_path / "minimal.env"):
+        if env_file != ENV_EXAMPLE:
+            env_file.write_text("POSTGRES_PASSWORD=x\n")
+        proc = compose("config", "--format", "json", env_file=env_file)
+        assert proc.returncode == 0, proc.stderr
+        services = json.loads(proc.stdout)["services"]
+        assert services["migrate"]["environment"]["MIGRATE_HISTORY_FORMAT"] == "sqlx"
+        assert "_sqlx_migrations" in " ".join(services["app"]["command"])

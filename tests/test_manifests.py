@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ except ImportError:  # pragma: no cover
 
 K8S = ROOT / "k8s"
 OVERLAYS = ["overlays/dev", "overlays/prod"]
+# Prod's two halves, for deploying without ArgoCD: the Job first, then the app.
+PROD_PARTS = ["overlays/prod/migrate", "overlays/prod/app"]
 KUBERNETES_VERSIONS = ["1.30", "1.37"]
 # etcd refuses objects over 1 MiB; client-side `kubectl apply` (and ArgoCD's default) copies
 # the object into the last-applied-configuration annotation, and annotations hold 256 KiB.
@@ -52,21 +55,22 @@ def tool(name: str) -> str:
 _rendered: dict[str, str] = {}
 
 
-def render(path: str) -> str:
-    if path not in _rendered:
+def render(path: str, root: Path = K8S) -> str:
+    key = str(root / path)
+    if key not in _rendered:
         proc = subprocess.run(
-            [tool("kubectl"), "kustomize", str(K8S / path)],
+            [tool("kubectl"), "kustomize", str(root / path)],
             capture_output=True,
             text=True,
             timeout=120,
         )
-        assert proc.returncode == 0, f"kubectl kustomize k8s/{path} failed:\n{proc.stderr}"
-        _rendered[path] = proc.stdout
-    return _rendered[path]
+        assert proc.returncode == 0, f"kubectl kustomize {root / path} failed:\n{proc.stderr}"
+        _rendered[key] = proc.stdout
+    return _rendered[key]
 
 
-def docs(path: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(render(path)) if d]
+def docs(path: str, root: Path = K8S) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(render(path, root)) if d]
 
 
 def find(path: str, kind: str, name_prefix: str = "") -> list[dict[str, Any]]:
@@ -81,8 +85,8 @@ def one(path: str, kind: str, name_prefix: str = "") -> dict[str, Any]:
     return found[0]
 
 
-def pod_specs(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for d in docs(path):
+def pod_specs(path: str, root: Path = K8S) -> Iterator[tuple[str, dict[str, Any]]]:
+    for d in docs(path, root):
         if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
             yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
         elif d["kind"] == "CronJob":
@@ -111,7 +115,7 @@ def is_hook(d: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("path", ["base", *OVERLAYS])
+@pytest.mark.parametrize("path", ["base", *OVERLAYS, *PROD_PARTS])
 def test_renders_and_validates_strictly(path: str, version: str) -> None:
     proc = subprocess.run(
         [tool("kubernetes-validate"), "--strict", "-k", version, "-"],
@@ -130,7 +134,7 @@ def test_renders_and_validates_strictly(path: str, version: str) -> None:
 # --- security: Pod Security Standards "restricted" ----------------------------------------
 
 
-@pytest.mark.parametrize("path", OVERLAYS)
+@pytest.mark.parametrize("path", [*OVERLAYS, *PROD_PARTS])
 def test_every_container_runs_restricted(path: str) -> None:
     specs = list(pod_specs(path))
     assert specs, f"k8s/{path} renders no workload"
@@ -171,7 +175,8 @@ def test_every_container_runs_restricted(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "run_migrations"), [("overlays/dev", "true"), ("overlays/prod", "false")]
+    ("path", "run_migrations"),
+    [("overlays/dev", "true"), ("overlays/prod", "false"), ("overlays/prod/app", "false")],
 )
 def test_app_deployment_has_the_runner_as_init_container(path: str, run_migrations: str) -> None:
     deployment = one(path, "Deployment", "pacs-server")
@@ -303,8 +308,151 @@ def test_argocd_application_points_at_the_prod_overlay() -> None:
     source = app["spec"]["source"]
     assert source["path"] == "k8s/overlays/prod"
     assert (ROOT / source["path"] / "kustomization.yaml").exists()
-    prod = yaml.safe_load((ROOT / source["path"] / "kustomization.yaml").read_text())
-    assert app["spec"]["destination"]["namespace"] == prod["namespace"]
+    namespaces = {d["metadata"]["namespace"] for d in docs("overlays/prod")}
+    assert namespaces == {app["spec"]["destination"]["namespace"]}
     # Not part of any overlay: applying an overlay must not create ArgoCD objects.
     for path in ["base", *OVERLAYS]:
         assert all(d["kind"] != "Application" for d in docs(path))
+
+
+# --- issue 13: pins, the no-ArgoCD order, the dev Secret, one history with the app -------
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    """k8s/ and migrations/ side by side in a scratch folder, as the base expects them."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations")
+    return tmp_path / "k8s"
+
+
+def images(path: str, root: Path = K8S) -> dict[str, str]:
+    """container name (`Kind/name/container`) -> image, for every container rendered."""
+    return {
+        f"{where}/{c['name']}": c["image"]
+        for where, spec in pod_specs(path, root)
+        for c in containers(spec)
+    }
+
+
+@pytest.mark.parametrize(
+    ("pins", "paths"),
+    [
+        ("overlays/prod/images/kustomization.yaml",
+         ["overlays/prod", "overlays/prod/app", "overlays/prod/migrate"]),
+        ("overlays/dev/kustomization.yaml", ["overlays/dev"]),
+    ],
+)
+def test_an_overlays_pins_reach_every_container_they_name(
+    tmp_path: Path, pins: str, paths: list[str]
+) -> None:
+    root = copy_tree(tmp_path)
+    pin_file = root / pins
+    spec = yaml.safe_load(pin_file.read_text())
+    for image in spec["images"]:
+        image["newName"] = f"pins.example/{image['name']}"
+        image["newTag"] = f"9.9.{len(image['name'])}"
+    pin_file.write_text(yaml.safe_dump(spec))
+    want = {"migration-runner": "pins.example/migration-runner:9.9.16",
+            "pacs-server": "pins.example/pacs-server:9.9.11"}
+    seen = set()
+    for path in paths:
+        for where, image in images(path, root).items():
+            name = "pacs-server" if where.endswith("/pacs-server") else "migration-runner"
+            assert image == want[name], f"k8s/{path} {where}: {image}"
+            seen.add(where)
+    expected = {"Deployment/pacs-server/migrate", "Deployment/pacs-server/pacs-server"}
+    if "prod" in pins:
+        expected.add("Job/pacs-migrate/migrate")
+    assert seen == expected
+
+
+def test_prod_splits_into_a_job_alone_and_an_app_without_it() -> None:
+    migrate = docs("overlays/prod/migrate")
+    assert [(d["kind"], d["metadata"]["name"]) for d in migrate] == [("Job", "pacs-migrate")]
+    assert migrate[0]["metadata"]["namespace"] == "pacs"
+    app = docs("overlays/prod/app")
+    assert "Job" not in {d["kind"] for d in app}
+    assert {d["kind"] for d in app} == {"ConfigMap", "Deployment"}
+    assert all(d["metadata"]["namespace"] == "pacs" for d in app)
+    # The ArgoCD path is exactly the two halves.
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(docs("overlays/prod"), key=key) == sorted([*app, *migrate], key=key)
+
+
+FAKE_KUBECTL = """#!/usr/bin/env bash
+echo "$*" >> "$KUBECTL_LOG"
+case "$*" in
+  *" wait "*condition=complete*) [ "$OUTCOME" = Complete ] && exit 0 ;;&
+  *" wait "*condition=failed*) [ "$OUTCOME" = Failed ] && exit 0 ;;&
+  *" wait "*) [ "$OUTCOME" = timeout ] && exit 1; exec sleep 60 ;;
+  *" get job/"*) [ "$OUTCOME" = timeout ] || printf '%s ' SuccessCriteriaMet "$OUTCOME" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("outcome", ["Complete", "Failed", "timeout"])
+def test_deploy_prod_applies_the_app_only_after_the_job_completed(
+    tmp_path: Path, outcome: str
+) -> None:
+    """k8s/deploy-prod.sh against a kubectl that plays the API server: the app is applied
+    only after the Job reported Complete; Failed or a timeout stops the script at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(FAKE_KUBECTL)
+    (bin_dir / "kubectl").chmod(0o755)
+    log_file = tmp_path / "kubectl.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "KUBECTL_LOG": str(log_file), "OUTCOME": outcome}
+    started = time.monotonic()
+    proc = subprocess.run(["bash", str(K8S / "deploy-prod.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 20, "the first waiter to return must end the wait"
+    calls = log_file.read_text().splitlines()
+    step = lambda needle: next(i for i, c in enumerate(calls) if needle in c)  # noqa: E731
+    assert step("delete job pacs-migrate") < step("apply -k") < step("get job/pacs-migrate")
+    assert calls[step("apply -k")].endswith("overlays/prod/migrate")
+    applied_app = [c for c in calls if c.startswith("apply -k") and c.endswith("/prod/app")]
+    if outcome == "Complete":
+        assert proc.returncode == 0, proc.stderr
+        assert applied_app and step("/prod/app") > step("get job/pacs-migrate")
+        assert calls[-1].startswith("-n pacs rollout status deployment/pacs-server")
+    else:
+        assert proc.returncode == 1
+        assert not applied_app, calls
+        assert "not rolling out" in proc.stderr
+        assert any(c.startswith("-n pacs logs job/pacs-migrate") for c in calls)
+
+
+def test_deploying_md_gives_the_script_as_the_no_argocd_way() -> None:
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    assert "k8s/deploy-prod.sh" in text
+    assert "kubectl apply -k k8s/overlays/prod\n" not in text, (
+        "one apply of the ArgoCD overlay starts the Job and the Deployment together")
+
+
+def test_dev_secret_has_the_name_the_deployment_and_the_docs_use(tmp_path: Path) -> None:
+    secret = one("overlays/dev", "Secret", "pacs-database")
+    assert secret["metadata"]["name"] == "pacs-database", "no hash suffix: replaceable by hand"
+    # The documented other way: drop the generator and create the Secret by hand.
+    root = copy_tree(tmp_path)
+    dev = root / "overlays" / "dev" / "kustomization.yaml"
+    spec = yaml.safe_load(dev.read_text())
+    del spec["secretGenerator"]
+    dev.write_text(yaml.safe_dump(spec))
+    rendered = docs("overlays/dev", root)
+    assert "Secret" not in {d["kind"] for d in rendered}
+    for where, spec_ in pod_specs("overlays/dev", root):
+        for c in containers(spec_):
+            assert env_of(c)["DATABASE_URL"]["secretKeyRef"]["name"] == "pacs-database", where
+
+
+@pytest.mark.parametrize("path", [*OVERLAYS, *PROD_PARTS])
+def test_the_runner_shares_the_apps_sqlx_history_and_the_app_does_not_migrate(path: str) -> None:
+    for where, spec in pod_specs(path):
+        for c in containers(spec):
+            env = env_of(c)
+            if RUNNER_IMAGE in c["image"]:
+                assert env.get("MIGRATE_HISTORY_FORMAT") == "sqlx", f"{where}/{c['name']}"
+            else:
+                assert env.get("RUN_MIGRATIONS") == "false", f"{where}/{c['name']}"

@@ -34,7 +34,7 @@ def test_pacs_set_applies_on_empty_database_and_rollbacks_remove_everything(db: 
         assert db.table_exists(table), table
     assert pacs_objects(db) > 20
 
-    rollbacks = sorted(PACS.glob("*_rollback.sql"), reverse=True)
+    rollbacks = sorted(PACS.glob("*.down.sql"), reverse=True)
     assert [p.name[:3] for p in rollbacks] == ["003", "002", "001"]
     for path in rollbacks:
         psql(db, path)
@@ -44,5 +44,7 @@ def test_pacs_set_applies_on_empty_database_and_rollbacks_remove_everything(db: 
 
 
 def psql(db: Db, path: Path) -> None:
-    subprocess.run([str(bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.url,
-                    "-f", str(path)], check=True, capture_output=True, text=True)
+    # -1: one transaction, as the runner and sqlx run each file (the files carry no
+    # BEGIN/COMMIT of their own).
+    subprocess.run([str(bindir() / "psql"), "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1",
+                    "-d", db.url, "-f", str(path)], check=True, capture_output=True, text=True)

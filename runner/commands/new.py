@@ -2,23 +2,29 @@
 
 The version is one more than the highest in the folder (rollback files count, so a
 forward file deleted by mistake is not silently reused), zero-padded to the width the
-folder uses, 3 digits in an empty one. Both files get the header the migration guide
-asks for and nothing else: a header-only file fails validation until its SQL is written.
+folder uses, 3 digits in an empty one. The pair follows the folder's layout: sqlx's
+`NNN_x.up.sql` / `NNN_x.down.sql` when its newest migration is written so (the app's
+`sqlx::migrate!` reads a `_rollback.sql` file as a second migration), else
+`NNN_x.sql` / `NNN_x_rollback.sql`. Both files get the header the migration guide asks
+for and nothing else: a header-only file fails validation until its SQL is written.
+When the folder has a kustomization file, its configMapGenerator list gets both names.
 No database needed.
+
+Whether a name is valid is decided by `files.split_name`, the rule `validate` and
+`migrate` read the folder with, never by a copy of it here.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from runner import files, log
+from runner import files, kustomization, log
 from runner.errors import ConfigError, ValidationError
 from runner.settings import Settings
 
-_DESCRIPTION = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_WIDTH = 3
+MAX_DESCRIPTION = 200
 
 _FORWARD = """\
 -- {forward}
@@ -29,7 +35,7 @@ _FORWARD = """\
 --
 -- Runs in one transaction; the runner sets lock_timeout itself, so no SET here.
 -- For CREATE INDEX CONCURRENTLY and friends, make this the first line of the file:
---   -- migrate:no-transaction
+--   {directive}
 """
 _ROLLBACK = """\
 -- {rollback}
@@ -38,6 +44,12 @@ _ROLLBACK = """\
 -- Depends on: nothing newer applied (the runner rolls back newest first).
 -- Rollback:   this is the rollback of {forward}.
 """
+# (forward suffix, rollback suffix, the no-transaction directive both readers honour)
+_PLAIN = (".sql", "_rollback.sql", "-- migrate:no-transaction")
+# sqlx honours its directive only as the file's very first bytes
+# (sqlx-core src/migrate/source.rs: `sql.starts_with("-- no-transaction")`); the runner
+# reads it there too.
+_SQLX = (".up.sql", ".down.sql", "-- no-transaction")
 
 
 def rollback_header(forward: str, rollback: str) -> str:
@@ -45,15 +57,24 @@ def rollback_header(forward: str, rollback: str) -> str:
     return _ROLLBACK.format(forward=forward, rollback=rollback)
 
 
-def check_description(text: str) -> str:
-    if not _DESCRIPTION.fullmatch(text):
-        raise ConfigError(f"new: description {text!r} may contain only letters, digits, _ and "
-                          "- (e.g. add_study_notes)")
-    if text.endswith("_rollback"):
-        raise ConfigError("new: a description ending in _rollback would name a rollback file")
-    if len(text) > 200:
-        raise ConfigError("new: description longer than 200 characters")
-    return text
+def check_name(version: int, stem: str, description: str,
+               suffixes: tuple[str, str, str]) -> None:
+    """ConfigError (exit 2) unless both file names of `stem` read back, under the folder
+    rules of `files.split_name`, as version and `description`: so `new` never writes a
+    file that `validate` or `migrate` would refuse."""
+    written = stem.split("_", 1)[0]
+    for suffix in suffixes[:2]:
+        parts = files.split_name(stem + suffix)
+        if parts is None or parts[:2] != (written, description):
+            if parts is None and files.split_name(f"1_{description}{suffix}"):
+                raise ConfigError(
+                    f"new: version {version} cannot stand in a migration file name, which "
+                    "takes 1 to 18 digits (at most 999999999999999999); nothing written. "
+                    "Pass --number with a free version within that limit")
+            raise ConfigError(
+                f"new: description {description!r} would not read back from "
+                f"{stem + suffix}; use letters, digits, _ and - only, not ending in "
+                "_rollback (e.g. add_study_notes)")
 
 
 def _existing(folder: Path) -> list[tuple[int, str, str, str]]:
@@ -71,23 +92,34 @@ def _existing(folder: Path) -> list[tuple[int, str, str, str]]:
     return found
 
 
+def _layout(existing: list[tuple[int, str, str, str]]) -> tuple[str, str, str]:
+    """The newest migration's layout, so a folder never mixes the two."""
+    newest = max(((v, kind) for v, _, kind, _ in existing if kind in ("", ".up")), default=None)
+    return _SQLX if newest and newest[1] == ".up" else _PLAIN
+
+
 def new(settings: Settings, description: str, number: int | None = None) -> int:
-    description = check_description(description)
-    if number is not None and not 0 <= number < 10**18:
-        raise ConfigError("new: --number takes a version of 1 to 18 digits")
+    if len(description) > MAX_DESCRIPTION:
+        raise ConfigError(f"new: description longer than {MAX_DESCRIPTION} characters")
     folder = settings.migrations_path
     existing = _existing(folder)
     version = number if number is not None else max((v for v, *_ in existing), default=0) + 1
+    width = max((len(text) for _, text, _, _ in existing), default=DEFAULT_WIDTH)
+    stem = f"{version:0{width}d}_{description}"
+    suffixes = _layout(existing)
+    check_name(version, stem, description, suffixes)
     taken = [name for v, _, _, name in existing if v == version]
     if taken:
         raise ValidationError([f"new: version {version} is already used by "
                                f"{', '.join(taken)}; nothing written"])
-    width = max((len(text) for _, text, _, _ in existing), default=DEFAULT_WIDTH)
-    stem = f"{version:0{width}d}_{description}"
-    forward, rollback = f"{stem}.sql", f"{stem}_rollback.sql"
+    forward, rollback = stem + suffixes[0], stem + suffixes[1]
+    try:
+        listing = kustomization.with_files(folder, [forward, rollback])
+    except ValueError as exc:
+        raise ValidationError([f"new: {exc}; nothing written"]) from None
     previous = max(((v, name) for v, _, kind, name in existing
                     if v < version and kind in ("", ".up")), default=None)
-    fields = {"forward": forward, "rollback": rollback,
+    fields = {"forward": forward, "rollback": rollback, "directive": suffixes[2],
               "purpose": description.replace("_", " ").replace("-", " "),
               "depends": previous[1] if previous else "nothing (first migration)"}
     written: list[Path] = []
@@ -97,6 +129,8 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
             with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite
                 f.write(template.format(**fields))
             written.append(path)
+        if listing is not None:
+            kustomization.write(*listing)
     except FileExistsError as exc:
         for path in written:
             path.unlink()
@@ -105,9 +139,10 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
     except OSError as exc:
         for path in written:
             path.unlink()
-        raise ConfigError(f"new: cannot write to {str(folder)!r}: {exc.strerror}") from None
+        raise ConfigError(f"new: cannot write to {str(folder)!r}: {exc.strerror}; "
+                          "nothing written") from None
     for path in written:
         print(path)
     log.get().info("migration_created", version=version, name=stem, file=forward,
-                   rollback=rollback)
+                   rollback=rollback, kustomization=listing[0].name if listing else None)
     return 0

@@ -8,7 +8,7 @@ a CI log shows it plainly; the log gets the same list.
 
 from __future__ import annotations
 
-from runner import files, log
+from runner import files, kustomization, log
 from runner.commands import history_for, read_only, warn_eol_only
 from runner.errors import ValidationError
 from runner.history import History, compare
@@ -27,7 +27,7 @@ def file_problems(history: History, folder: files.Folder) -> list[str]:
 def validate(settings: Settings, offline: bool) -> int:
     history = history_for(settings)
     folder = history.read_folder(settings.migrations_path)
-    problems = file_problems(history, folder)
+    problems = file_problems(history, folder) + kustomization.problems(settings.migrations_path)
     if not offline:
         with read_only(settings, "validate") as conn:
             applied = history.read_if_exists(conn)

@@ -1,10 +1,10 @@
--- 003_add_mask_tables.sql
+-- 003_add_mask_tables.up.sql
 -- Purpose:    segmentation masks: annotation.mask_groups (a set of masks drawn on
 --             one study or series of a project) and annotation.masks (one mask
 --             file per DICOM instance / frame / label).
--- Depends on: 001_initial_schema.sql (annotation schema, security.projects,
+-- Depends on: 001_initial_schema.up.sql (annotation schema, security.projects,
 --             security.users, security.set_updated_at()).
--- Rollback:   003_add_mask_tables_rollback.sql
+-- Rollback:   003_add_mask_tables.down.sql
 --
 -- Locking: both tables are new. Their foreign keys briefly take a SHARE ROW
 -- EXCLUSIVE lock on security.projects and security.users (writes wait, reads do
@@ -12,8 +12,6 @@
 -- and retry instead of queueing behind a long transaction. No SET statements here.
 --
 -- DICOM UIDs are at most 64 characters (PS3.5 section 9.1), hence varchar(64).
-
-BEGIN;
 
 -- ---------------------------------------------------------------------------
 -- annotation.mask_groups
@@ -109,5 +107,3 @@ CREATE INDEX idx_masks_created_by ON annotation.masks (created_by);
 CREATE TRIGGER trg_masks_set_updated_at
     BEFORE UPDATE ON annotation.masks
     FOR EACH ROW EXECUTE FUNCTION security.set_updated_at();
-
-COMMIT;

@@ -1,15 +1,13 @@
--- 002_initial_seed_data_rollback.sql
--- Purpose:    undo 002_initial_seed_data.sql: delete exactly the seeded grants,
+-- 002_initial_seed_data.down.sql
+-- Purpose:    undo 002_initial_seed_data.up.sql: delete exactly the seeded grants,
 --             permissions and roles, matched by name.
 -- Depends on: 003_add_mask_tables rolled back first (the runner rolls back newest
 --             first).
--- Rollback:   this is the rollback of 002_initial_seed_data.sql.
+-- Rollback:   this is the rollback of 002_initial_seed_data.up.sql.
 --
 -- Grants, memberships or project roles added later that still point at a seeded
 -- role or permission make this rollback fail (foreign keys without CASCADE):
 -- remove or reassign them first. Nothing but the seed rows is ever deleted here.
-
-BEGIN;
 
 DELETE FROM security.role_permission rp
 USING (VALUES
@@ -57,5 +55,3 @@ WHERE name IN ('USER', 'PROJECT', 'STUDY', 'SERIES', 'INSTANCE',
 
 DELETE FROM security.roles
 WHERE name IN ('SUPER_ADMIN', 'PROJECT_ADMIN', 'RESEARCHER', 'VIEWER', 'ANNOTATOR');
-
-COMMIT;

@@ -1,21 +1,19 @@
--- 001_initial_schema.sql
+-- 001_initial_schema.up.sql
 -- Purpose:    initial PACS Extension Server schema: the security, viewer and
 --             annotation schemas; users, projects, roles, permissions and their
 --             links (security); hanging protocols (viewer). The annotation schema
---             is created empty here and filled by 003_add_mask_tables.sql.
+--             is created empty here and filled by 003_add_mask_tables.up.sql.
 -- Depends on: nothing (first migration).
--- Rollback:   001_initial_schema_rollback.sql
+-- Rollback:   001_initial_schema.down.sql
 --
 -- Locking: every table below is new, so no existing traffic is blocked. The runner
 -- sets lock_timeout (MIGRATE_DDL_LOCK_TIMEOUT) itself; do not add SET statements here.
 -- When applying by hand with psql, set it in the session first, e.g.
---   PGOPTIONS='-c lock_timeout=5s' psql -X -v ON_ERROR_STOP=1 -f 001_initial_schema.sql
+--   PGOPTIONS='-c lock_timeout=5s' psql -X -1 -v ON_ERROR_STOP=1 -f 001_initial_schema.up.sql
 --
 -- Objects are created without IF NOT EXISTS on purpose: a database that already
 -- has this schema (built by the old psql init containers) must be adopted with
 -- `migration-runner baseline --to N`, not silently re-applied.
-
-BEGIN;
 
 CREATE SCHEMA security;
 CREATE SCHEMA viewer;
@@ -239,5 +237,3 @@ CREATE INDEX idx_hanging_protocols_created_by ON viewer.hanging_protocols (creat
 CREATE TRIGGER trg_hanging_protocols_set_updated_at
     BEFORE UPDATE ON viewer.hanging_protocols
     FOR EACH ROW EXECUTE FUNCTION security.set_updated_at();
-
-COMMIT;

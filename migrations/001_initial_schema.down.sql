@@ -1,10 +1,10 @@
--- 001_initial_schema_rollback.sql
--- Purpose:    undo 001_initial_schema.sql: drop every table, the trigger function
+-- 001_initial_schema.down.sql
+-- Purpose:    undo 001_initial_schema.up.sql: drop every table, the trigger function
 --             and the security, viewer and annotation schemas.
 --             WARNING: destroys all users, projects, roles and hanging protocols.
 -- Depends on: 002_initial_seed_data and 003_add_mask_tables rolled back first
 --             (the runner rolls back newest first).
--- Rollback:   this is the rollback of 001_initial_schema.sql.
+-- Rollback:   this is the rollback of 001_initial_schema.up.sql.
 --
 -- The schemas are dropped without CASCADE: if anything not created by these
 -- migrations was put in them, this rollback fails instead of destroying it.
@@ -12,8 +12,6 @@
 
 -- Dropping is the point of a rollback file:
 -- squawk-ignore-file ban-drop-table, ban-drop-function, ban-drop-schema
-
-BEGIN;
 
 DROP TABLE IF EXISTS viewer.hanging_protocols;
 DROP TABLE IF EXISTS security.project_role;
@@ -29,5 +27,3 @@ DROP FUNCTION IF EXISTS security.set_updated_at();
 DROP SCHEMA IF EXISTS annotation;
 DROP SCHEMA IF EXISTS viewer;
 DROP SCHEMA IF EXISTS security;
-
-COMMIT;

@@ -1,18 +1,16 @@
--- 002_initial_seed_data.sql
+-- 002_initial_seed_data.up.sql
 -- Purpose:    seed the role and permission catalogue and the default grants.
 --             Permissions are one row per protected resource type; what a role
 --             may do with a resource (read/write) is decided by the application
 --             from the role.
--- Depends on: 001_initial_schema.sql (security.roles, security.permissions,
+-- Depends on: 001_initial_schema.up.sql (security.roles, security.permissions,
 --             security.role_permission).
--- Rollback:   002_initial_seed_data_rollback.sql
+-- Rollback:   002_initial_seed_data.down.sql
 --
 -- Plain INSERTs on purpose (no ON CONFLICT): the runner applies this file exactly
 -- once, and a duplicate means the database was not built by these migrations.
 -- Rows are matched by name, never by id: identity values are not reused after a
 -- rollback.
-
-BEGIN;
 
 INSERT INTO security.roles (name, description) VALUES
     ('SUPER_ADMIN',   'Super administrator with full access to every project and user'),
@@ -85,5 +83,3 @@ BEGIN
     END IF;
 END;
 $$;
-
-COMMIT;

@@ -1,0 +1,114 @@
+""".github/workflows/migrations.yml, the CI the app's repository copies (issue 13 item 7):
+actionlint passes on it, and its steps' commands, run as GitHub would run them (bash -e
+-o pipefail, the job's env, the repository as working directory), pass against a real
+PostgreSQL — with the runner and squawk of this checkout standing in for the image and
+the pip install."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Db, runner_env
+
+try:
+    import yaml  # PyYAML, which kubernetes-validate brings
+except ImportError:  # pragma: no cover
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("PyYAML not installed (bash .ci/image-tools)", allow_module_level=True)
+
+WORKFLOW = ROOT / ".github" / "workflows" / "migrations.yml"
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> Path:
+    path = BIN / name
+    if not path.exists():
+        reason = f"{name} not installed (bash .ci/image-tools installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def workflow() -> dict[str, Any]:
+    # PyYAML reads the key `on` as True (YAML 1.1); nothing here needs it.
+    return yaml.safe_load(WORKFLOW.read_text())  # type: ignore[no-any-return]
+
+
+def run_steps(job: dict[str, Any], cwd: Path, env: dict[str, str]) -> list[str]:
+    """Each `run:` step of the job in order, as GitHub runs it; the install steps are
+    left to this machine. Returns the names of the steps run."""
+    ran = []
+    for step in job["steps"]:
+        command = step.get("run")
+        if command is None or command.startswith("pip install"):
+            continue
+        proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", command],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"step {step.get('name')!r}:\n{proc.stdout}{proc.stderr}"
+        ran.append(step.get("name", command))
+    return ran
+
+
+def test_actionlint_passes() -> None:
+    proc = subprocess.run([str(tool("actionlint")), str(WORKFLOW)], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_workflow_does_what_the_design_asks() -> None:
+    jobs = workflow()["jobs"]
+    migrate = jobs["migrate"]
+    assert migrate["container"]["image"].startswith("registry.example.com/pacs/migration-runner:")
+    assert migrate["services"]["postgres"]["image"].startswith("postgres:")
+    assert migrate["env"]["MIGRATE_HISTORY_FORMAT"] == "sqlx"
+    commands = "\n".join(s.get("run", "") for s in migrate["steps"])
+    for needle in ("validate --offline", "verify --expect migrations/schema.json",
+                   "rollback --to 0"):
+        assert needle in commands, needle
+    assert commands.count("migration-runner migrate\n") >= 3, "migrate, again, and after rollback"
+    squawk = [s["run"] for s in jobs["squawk"]["steps"] if "run" in s]
+    assert any(r.startswith("squawk ") for r in squawk)
+
+
+def test_the_steps_pass_against_a_real_postgresql(db: Db, tmp_path: Path) -> None:
+    # The app's repository: its migrations/ folder at the top, as actions/checkout lays it.
+    repo = tmp_path / "app"
+    shutil.copytree(ROOT / "migrations", repo / "migrations")
+    jobs = workflow()["jobs"]
+    migrate = jobs["migrate"]
+    env = runner_env(db.url, None, **{k: str(v) for k, v in migrate["env"].items()
+                                      if k != "DATABASE_URL"})
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    tool("migration-runner")
+    ran = run_steps(migrate, repo, env)
+    assert len(ran) == 5, ran
+    assert db.scalar("SELECT count(*) FROM security.roles") == 5
+    # Every migration applied, then rolled back and applied again: two `up` audit rows each.
+    assert db.query("SELECT version, count(*) FROM migration_audit WHERE direction = 'up' "
+                    "GROUP BY 1 ORDER BY 1") == [(1, 2), (2, 2), (3, 2)]
+
+    tool("squawk")
+    assert run_steps(jobs["squawk"], repo, env) == ["squawk (the migration guide's command)"]
+
+
+def test_a_step_fails_when_a_down_file_leaves_something_behind(db: Db, tmp_path: Path) -> None:
+    """The rollback step is a real check: a .down.sql that forgets a table fails it."""
+    repo = tmp_path / "app"
+    shutil.copytree(ROOT / "migrations", repo / "migrations")
+    down = repo / "migrations" / "003_add_mask_tables.down.sql"
+    down.write_text(down.read_text().replace("DROP TABLE IF EXISTS annotation.masks;", ""))
+    migrate = workflow()["jobs"]["migrate"]
+    env = runner_env(db.url, None, **{k: str(v) for k, v in migrate["env"].items()
+                                      if k != "DATABASE_URL"})
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    with pytest.raises(AssertionError, match="roll everything back"):
+        run_steps(migrate, repo, env)
