@@ -32,9 +32,12 @@ class Migration:
 
     @property
     def name(self) -> str:
-        """The file stem, e.g. `001_initial_schema` (`.up` dropped for sqlx pairs)."""
+        """The file stem, e.g. `001_initial_schema` (`.up` / `.down` dropped for sqlx
+        pairs: both files of a pair name one migration)."""
         stem = self.file[: -len(".sql")]
-        return stem[: -len(".up")] if stem.endswith(".up") else stem
+        for suffix in (".up", ".down"):
+            stem = stem.removesuffix(suffix)
+        return stem
 
 
 def checksum(text: str) -> str:

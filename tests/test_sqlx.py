@@ -428,3 +428,20 @@ def test_history_format_setting(migrations: Files) -> None:
     bad = run(None, folder, "validate", "--offline", MIGRATE_HISTORY_FORMAT="flyway")
     assert bad.code == 2
     assert "MIGRATE_HISTORY_FORMAT" in bad.event("run_failed")["error"]
+
+
+def test_commands_that_write_after_the_app_made_the_history(db: Db, migrations: Files) -> None:
+    """A history the app created has no audit table beside it: `repair` and `rollback`
+    create it before their first audit row."""
+    folder = migrations(APP)
+    assert len(oracle.run(db.url, folder)) == 4
+    assert not db.table_exists("public.migration_audit")
+    path = folder / "20240102000000_seed.sql"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    repaired = migrate(db, folder, "repair", "--accept-checksums")
+    assert repaired.code == 0, repaired.stderr
+    assert oracle.run(db.url, folder) == []  # the raw bytes' checksum, as the app reads them
+    back = migrate(db, folder, "rollback")
+    assert back.code == 0, back.stderr
+    assert db.scalar("SELECT count(*) FROM public.migration_audit WHERE direction = 'down' "
+                     "AND success") == 1

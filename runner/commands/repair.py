@@ -36,6 +36,8 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool) -> int:
                   if accept_checksums and v in by_version and a.status == "applied"
                   and a.checksum != by_version[v].checksum]
         session.check_same_session()
+        if clear or accept:  # the app may have made the history without the audit table
+            history.ensure(conn)
         with conn.transaction():
             for a in clear:
                 history.delete(conn, a.version)

@@ -68,6 +68,8 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
         session.check_same_session()
+        if plans:  # the app may have made the history without the audit table
+            history.ensure(conn)
         applier = Applier(conn, history, settings)
         for plan in plans:
             applier.revert(plan)
