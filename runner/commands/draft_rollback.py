@@ -12,30 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner import draft, files, log, statements
-from runner.commands.new import rollback_header
+from runner.commands import history_for
+from runner.commands.new import layout_of, rollback_header
 from runner.errors import ConfigError, ValidationError
 from runner.settings import Settings
-
-DIRECTIVE = "-- migrate:no-transaction"
 
 
 def rollback_name(m: files.Migration) -> str:
     """The rollback file name that pairs with `m`'s layout."""
-    return f"{m.name}.down.sql" if m.file.endswith(".up.sql") else f"{m.name}_rollback.sql"
-
-
-def _wrapped(plan: statements.Plan) -> bool:
-    """Whether the forward file has the psql-style BEGIN; ... COMMIT; wrapper (the plan
-    holds the body only): the draft follows the file's style, so `psql -f` stays atomic."""
-    import pglast
-
-    return plan.transactional and len(pglast.split(plan.migration.text)) > len(plan.statements)
+    return m.name + layout_of(m.file)[1]
 
 
 def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
     """The draft file's text: directive, header, body (wrapped like the forward file)."""
     m = plan.migration
-    head = [DIRECTIVE] if result.no_transaction else []
+    # The directive of the file's layout: sqlx honours only its own, at byte 0.
+    head = [layout_of(m.file)[2]] if result.no_transaction else []
     head.append(rollback_header(m.file, name).rstrip("\n"))
     head.append(f"--\n-- Drafted by `migration-runner draft-rollback {m.version}` from {m.file}:"
                 "\n-- check it, fill in the TODOs, then commit it.")
@@ -43,14 +35,17 @@ def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
         head.append("\n-- Dropping is the point of a rollback file:\n-- squawk-ignore-file "
                     + ", ".join(result.squawk_rules))
     body = result.statements or ["-- (nothing to drop)"]
-    if _wrapped(plan) and not result.no_transaction:
+    # The forward file's psql-style BEGIN; ... COMMIT; wrapper, if it has one, so
+    # `psql -f` stays atomic.
+    if plan.wrapped and not result.no_transaction:
         body = ["BEGIN;", "", *body, "", "COMMIT;"]
     return "\n".join([*head, "", *body]) + "\n"
 
 
 def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) -> int:
     folder = settings.migrations_path
-    m = next((m for m in files.load(folder) if m.version == version), None)
+    history = history_for(settings)  # the folder read as the history format reads it
+    m = next((m for m in history.load(folder) if m.version == version), None)
     if m is None:
         raise ValidationError([f"draft-rollback: no forward file with version {version} in "
                                f"{str(folder)!r}; `migration-runner status` lists them"])
@@ -59,7 +54,7 @@ def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) ->
     if existing is not None and not to_stdout:
         raise ValidationError([f"draft-rollback: {existing.name} already exists; nothing "
                                "written (--stdout prints the draft to compare with it)"])
-    plan = statements.plan([m])[0]
+    plan = history.plan([m])[0]
     result = draft.draft(plan)
     text = render(plan, result, name)
     logger = log.get()

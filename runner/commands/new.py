@@ -52,6 +52,13 @@ _PLAIN = (".sql", "_rollback.sql", "-- migrate:no-transaction")
 _SQLX = (".up.sql", ".down.sql", "-- no-transaction")
 
 
+def layout_of(forward_file: str) -> tuple[str, str, str]:
+    """(forward suffix, rollback suffix, no-transaction directive) of a forward file's
+    layout: `.up.sql` pairs with `.down.sql` and sqlx's directive, anything else with
+    `_rollback.sql` and the runner's."""
+    return _SQLX if forward_file.endswith(".up.sql") else _PLAIN
+
+
 def rollback_header(forward: str, rollback: str) -> str:
     """The header of a rollback file: the one `new` writes, reused by `draft-rollback`."""
     return _ROLLBACK.format(forward=forward, rollback=rollback)
