@@ -61,21 +61,26 @@ class Folder:
     problems: list[str]
 
 
-def read_folder(folder: Path) -> Folder:
-    """Every forward file with its rollback; every problem found, none raised."""
-    problems: list[str] = []
+def sql_entries(folder: Path) -> list[os.DirEntry[str]]:
+    """The folder's `.sql` files, by name: no dot names, no sub-folders. A ValidationError
+    when the folder cannot be read."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         raise ValidationError([f"migrations folder {str(folder)!r} cannot be read: "
                                f"{exc.strerror}; set MIGRATIONS_DIR or --dir"]) from None
+    # `..data` and `..2026_...` of a mounted ConfigMap start with a dot; is_file() follows
+    # the symlinks that point into them.
+    return [e for e in entries
+            if not e.name.startswith(".") and e.name.endswith(".sql") and e.is_file()]
+
+
+def read_folder(folder: Path) -> Folder:
+    """Every forward file with its rollback; every problem found, none raised."""
+    problems: list[str] = []
     forward: dict[int, list[tuple[str, str, Path]]] = {}
     rollbacks: dict[int, list[tuple[str, str, Path]]] = {}
-    for entry in entries:
-        # `..data` and `..2026_...` of a mounted ConfigMap start with a dot; is_file()
-        # follows the symlinks that point into them.
-        if entry.name.startswith(".") or not entry.name.endswith(".sql") or not entry.is_file():
-            continue
+    for entry in sql_entries(folder):
         match = _NAME.fullmatch(entry.name)
         if not match:
             problems.append(f"{entry.name}: name does not match <version>_<description>.sql "

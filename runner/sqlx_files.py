@@ -15,13 +15,11 @@ differently from the runner are problems here, each with its fix.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from runner import files, statements
-from runner.errors import ValidationError
 from runner.files import Folder, Migration
 
 DIRECTIVE = "-- no-transaction"
@@ -79,18 +77,11 @@ def _read(path: Path, problems: list[str]) -> tuple[bytes, str] | None:
 def read_folder(folder: Path) -> Folder:
     """Every forward file (simple or `.up.sql`) with its `.down.sql`, and every problem."""
     problems: list[str] = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        raise ValidationError([f"migrations folder {str(folder)!r} cannot be read: "
-                               f"{exc.strerror}; set MIGRATIONS_DIR or --dir"]) from None
     forward: dict[int, list[tuple[str, Path, str]]] = defaultdict(list)
     downs: dict[int, list[tuple[str, Path]]] = defaultdict(list)
-    for entry in entries:
+    # Dot names are a mounted ConfigMap's `..data` (sqlx skips them as directories).
+    for entry in files.sql_entries(folder):
         name = entry.name
-        # Dot names: a mounted ConfigMap's `..data` (sqlx skips them as directories).
-        if name.startswith(".") or not name.endswith(".sql") or not entry.is_file():
-            continue
         version_text, underscore, rest = name.partition("_")
         if not underscore:
             problems.append(f"{name}: sqlx ignores a file without `_` after its version; "
