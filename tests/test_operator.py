@@ -224,14 +224,20 @@ def test_status_exit_code_tells_ci_what_migrate_would_do(db: Db, migrations: Fil
     assert run(db.url, folder, "status", "--exit-code").code == 5  # failed
 
 
+@pytest.mark.parametrize("grant", ["GRANT USAGE ON SCHEMA ops TO {role}", ""],
+                         ids=["no SELECT on the table", "no USAGE on the schema"])
 def test_status_without_select_on_the_history_is_a_configuration_error(
-        db: Db, migrations: Files) -> None:
+        db: Db, migrations: Files, grant: str) -> None:
     folder = migrations({"1_a.sql": "CREATE TABLE a (id int);"})
     assert run(db.url, folder, "--schema", "ops").code == 0
     reader = f"noread_{db.name}"
-    db.execute(f'CREATE ROLE "{reader}" LOGIN; GRANT USAGE ON SCHEMA ops TO "{reader}"')
-    result = run(db.cluster.url(db.name, user=reader), folder, "status", "--schema", "ops")
+    db.execute(f'CREATE ROLE "{reader}" LOGIN')
+    if grant:
+        db.execute(grant.format(role=f'"{reader}"'))
+    result = run(db.cluster.url(db.name, user=reader), folder, "status", "--schema", "ops",
+                 "--json")
     assert result.code == 2, result.stderr
+    assert result.stdout == ""
     error = result.event("run_failed")["error"]
     assert '"ops"."migration_history"' in error
     assert f'GRANT SELECT ON "ops"."migration_history" TO "{reader}"' in error
