@@ -37,7 +37,8 @@ class Direction:
 
 UP = Direction("up", "migration_started", "migration_applied",
                "no-transaction migration stopped part-way: fix the database by hand, then "
-               "run `migration-runner repair --failed`")
+               "run `migration-runner repair --failed` (the file runs again), or, if you "
+               "finished it by hand, `migration-runner repair --mark-applied {version}`")
 DOWN = Direction("down", "rollback_started", "rollback_applied",
                  "no-transaction rollback stopped part-way: finish undoing it by hand, then "
                  "run `migration-runner repair --failed` (the migration then counts as not "
@@ -157,18 +158,21 @@ class Applier:
             self.tables.mark_failed(self.conn, m.version)
         started = time.monotonic()
         current: Statement | None = None
+        done = 0  # statements completed before the one that failed
         try:
             if self.settings.statement_timeout > 0:
                 self.conn.execute(sql.SQL("SET statement_timeout = {}").format(
                     _duration_ms(self.settings.statement_timeout)))
             for current in plan.statements:
                 self.conn.execute(current.sql)
+                done += 1
             current = None
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
             error = sql_error(plan, current, exc)
             self._audit_failure(plan, way, _ms(started), error["message"])
-            self._fail(error, way, partial=True)
+            self._fail(error, way, partial=True, completed=done,
+                       statements=len(plan.statements))
         except Interrupted as exc:
             self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
@@ -201,5 +205,6 @@ class Applier:
         where = f"{error['file']}:{error['line']}:{error['column']}"
         text = f"{where}: {error['message']} (SQLSTATE {error['sqlstate']})"
         if extra.get("partial"):
-            text += "; " + way.partial
+            text += (f"; statements completed before it: {extra['completed']} of "
+                     f"{extra['statements']}; " + way.partial.format(version=error["version"]))
         raise MigrationError(text, **error)

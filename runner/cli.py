@@ -60,13 +60,13 @@ def _validate(settings: Settings, args: argparse.Namespace) -> int:
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import status as status_cmd
 
-    return status_cmd.status(settings, as_json=args.json)
+    return status_cmd.status(settings, as_json=args.json, exit_code=args.exit_code)
 
 
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import rollback as rollback_cmd
 
-    return rollback_cmd.rollback(settings, steps=args.steps, to=args.to)
+    return rollback_cmd.rollback(settings, steps=args.steps, to=args.to, dry_run=args.dry_run)
 
 
 def _baseline(settings: Settings, args: argparse.Namespace) -> int:
@@ -79,7 +79,8 @@ def _repair(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import repair as repair_cmd
 
     return repair_cmd.repair(settings, failed=args.failed,
-                             accept_checksums=args.accept_checksums)
+                             accept_checksums=args.accept_checksums,
+                             mark_applied=args.mark_applied)
 
 
 def _new(settings: Settings, args: argparse.Namespace) -> int:
@@ -91,8 +92,13 @@ def _new(settings: Settings, args: argparse.Namespace) -> int:
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import verify as verify_cmd
 
-    return verify_cmd.verify(settings, args.schema_name or [], write=args.write,
-                             expect=args.expect)
+    if args.schema_name:
+        log.get().warning("option_renamed", option="--schema-name", use="--report-schema",
+                          message="verify --schema-name is now --report-schema (--schema is "
+                                  "the bookkeeping schema); the old name goes in the next "
+                                  "release")
+    return verify_cmd.verify(settings, (args.report_schema or []) + (args.schema_name or []),
+                             write=args.write, expect=args.expect)
 
 
 def _draft_rollback(settings: Settings, args: argparse.Namespace) -> int:
@@ -106,13 +112,14 @@ def build_parser() -> Parser:
                     description="Apply PostgreSQL migration files once, in order, under an "
                                 "advisory lock. No command means `migrate`.")
     parser.add_argument("--version", action="version", version=f"migration-runner {__version__}")
-    add_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands: list[argparse.ArgumentParser] = []
 
     def command(name: str, handler: Handler, helptext: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=helptext, description=helptext)
-        add_flags(p)
+        p = sub.add_parser(name, help=helptext, description=helptext,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(handler=handler)
+        commands.append(p)
         return p
 
     p = command("migrate", _migrate, "apply pending migrations (the default)")
@@ -125,6 +132,9 @@ def build_parser() -> Parser:
     p = command("status", _status, "show every migration and its state (read-only: no lock, "
                 "creates nothing)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--exit-code", action="store_true",
+                   help="exit 6 when migrations are pending, 5 when migrate would refuse "
+                   "(failed, changed, out of order, divergent), 0 when there is nothing to do")
     p = command("rollback", _rollback, "run rollback files, newest first, under the lock")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--steps", type=_steps, metavar="N",
@@ -133,6 +143,8 @@ def build_parser() -> Parser:
                        help="roll back every applied version greater than V; V stays "
                        "applied (--to 0 rolls back all but a version 0, which only "
                        "--steps can roll back)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the rollback files it would run on stdout and change nothing")
     p = command("baseline", _baseline, "record every migration up to V as applied without "
                 "running it (adopt a database built before the runner)")
     p.add_argument("--to", type=_version, metavar="V", required=True,
@@ -143,6 +155,9 @@ def build_parser() -> Parser:
                    help="delete `failed` history rows (after fixing the database by hand)")
     p.add_argument("--accept-checksums", action="store_true",
                    help="store the current checksums of applied files that changed")
+    p.add_argument("--mark-applied", type=_version, metavar="V",
+                   help="record failed version V as applied with its file's checksum (after "
+                   "finishing it by hand); refused unless V is `failed`")
     p = command("new", _new, "write the next NNN_description.sql and its rollback file")
     p.add_argument("description", metavar="DESCRIPTION",
                    help="letters, digits, _ and -, e.g. add_study_notes")
@@ -150,8 +165,10 @@ def build_parser() -> Parser:
                    help="use version V instead of the next one")
     p = command("verify", _verify, "report the schema as JSON, or compare it with a snapshot "
                 "(exit 5 on drift)")
-    p.add_argument("--schema-name", action="append", metavar="NAME",
-                   help="a schema to report (repeatable; default: every non-system schema)")
+    p.add_argument("--report-schema", action="append", metavar="NAME",
+                   help="a schema to report (repeatable; default: every non-system schema, "
+                   "or the snapshot's with --expect); not --schema, the bookkeeping schema")
+    p.add_argument("--schema-name", action="append", help=argparse.SUPPRESS)  # until 0.3
     p.add_argument("--write", metavar="FILE", help="write the report to FILE (a snapshot)")
     p.add_argument("--expect", metavar="FILE",
                    help="compare with the snapshot in FILE; print the drift and exit 5")
@@ -159,12 +176,19 @@ def build_parser() -> Parser:
                 "rollback file from its forward file (never overwrites)")
     p.add_argument("version", type=_version, metavar="VERSION", help="the migration to undo")
     p.add_argument("--stdout", action="store_true", help="print the draft instead of writing it")
+    for p in [parser, *commands]:
+        # The command's own options first in usage and help, then the shared settings.
+        p.usage = (p.format_usage().removeprefix("usage: ").strip() + " [SETTINGS]"
+                   if p is not parser else
+                   "migration-runner [-h] [--version] [SETTINGS] [COMMAND] [OPTIONS]")
+        add_flags(p)
     return parser
 
 
 def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
     flags = {s.flag for s in SPECS if s.flag}
-    flags |= {"--to", "--steps", "--number", "--schema-name", "--write", "--expect"}
+    flags |= {"--to", "--steps", "--number", "--schema-name", "--report-schema", "--write",
+              "--expect", "--mark-applied"}
     return {f for f in flags if f not in ("--strict", "--allow-out-of-order")}
 
 

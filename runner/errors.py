@@ -13,6 +13,7 @@ CONFIG = 2
 UNREACHABLE = 3
 LOCK_TIMEOUT = 4
 VALIDATION = 5
+PENDING = 6  # `status --exit-code` only: migrations to apply, none refused
 SIGINT_EXIT = 130
 SIGTERM_EXIT = 143
 
@@ -49,11 +50,14 @@ class ValidationError(RunnerError):
 
     exit_code = VALIDATION
 
-    def __init__(self, problems: list[str], **fields: Any) -> None:
+    def __init__(self, problems: list[str], head: str = "", **fields: Any) -> None:
+        """`head`: what the problems are, e.g. "schema drift from FILE" (default: their
+        count, or the problem itself when there is one)."""
         self.problems = problems
-        head = problems[0] if len(problems) == 1 else (
-            f"{len(problems)} problems: " + "; ".join(problems))
-        super().__init__(head, problems=problems, **fields)
+        if not head and len(problems) > 1:
+            head = f"{len(problems)} problems"
+        message = f"{head}: " + "; ".join(problems) if head else problems[0]
+        super().__init__(message, problems=problems, **fields)
 
 
 class Interrupted(KeyboardInterrupt):

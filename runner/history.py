@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,17 @@ class Applied:
     applied_at: datetime
     execution_time_ms: int | None  # None: not recorded (sqlx's -1 before its update)
     status: str  # applied or failed
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 migration`, `2 migrations`: every count in a message goes through here."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def named(version: int, description: str, local: Migration | None) -> str:
+    """A migration as an operator finds it: its file when the folder has it, else the
+    history's version and description (no file name is invented for a file not here)."""
+    return local.file if local else f"version {version} ({description})"
 
 
 def client_host() -> str:
@@ -179,6 +190,11 @@ class History:
     def set_checksum(self, conn: Connection, version: int, checksum: str) -> None:
         raise NotImplementedError
 
+    def mark_applied(self, conn: Connection, m: Migration) -> bool:
+        """Turn `m`'s `failed` row into an applied one with the file's checksum, after an
+        operator finished the migration by hand; False when no `failed` row was there."""
+        raise NotImplementedError
+
     def delete(self, conn: Connection, version: int) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.history),
                      (version,))
@@ -200,7 +216,7 @@ class History:
             found = conn.execute(sql.SQL("SELECT pg_catalog.count(*), pg_catalog.max(version) "
                                          "FROM {}").format(sql.SQL(name))).fetchone()
             if found and found[0]:
-                return f"{name} holds {found[0]} rows (newest version {found[1]})"
+                return f"{name} holds {plural(found[0], 'row')} (newest version {found[1]})"
         return None
 
     def refuse_beside_other(self, conn: Connection, applied: dict[int, Applied],
@@ -288,6 +304,13 @@ CREATE TABLE {history} (
         conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(
             self.history), (checksum, version))
 
+    def mark_applied(self, conn: Connection, m: Migration) -> bool:
+        cur = conn.execute(sql.SQL(
+            "UPDATE {} SET status = 'applied', checksum = %s, applied_at = pg_catalog.now(), "
+            "applied_by = current_user WHERE version = %s AND status = 'failed'").format(
+            self.history), (m.checksum, m.version))
+        return cur.rowcount == 1
+
 
 @dataclass
 class Comparison:
@@ -300,24 +323,30 @@ class Comparison:
     out_of_order: list[Migration]
     applied_versions: list[int]
     eol_only: list[tuple[Migration, Applied]]  # stored checksum differs by line endings only
+    local: dict[int, Migration] = field(default_factory=dict)  # the files, by version
 
     def problems(self, strict: bool, allow_out_of_order: bool) -> list[str]:
-        found = [f"{a.version}_{a.description}: failed part-way (no-transaction migration); "
-                 "fix the database by hand, then run `migration-runner repair --failed`"
+        found = [f"{named(a.version, a.description, self.local.get(a.version))}: failed "
+                 "part-way (no-transaction migration); fix the database by hand, then run "
+                 "`migration-runner repair --failed` to run the file again, or `migration-runner "
+                 f"repair --mark-applied {a.version}` if you finished it by hand"
                  for a in self.failed]
         found += [f"{m.file}: changed after it was applied (applied checksum {a.checksum}, "
                   f"file checksum {m.checksum}); restore the file, or run `migration-runner "
                   "repair --accept-checksums` if the edit is intended"
                   for m, a in self.changed]
         if self.missing and (self.pending or strict):
-            versions = ", ".join(str(a.version) for a in self.missing)
+            one = len(self.missing) == 1
+            versions = ("version " if one else "versions ") + ", ".join(
+                str(a.version) for a in self.missing)
             if self.pending:
-                found.append(f"divergent history: versions {versions} are applied but have no "
-                              "file here, while files are pending; deploy an image with the "
-                              "same migrations as the database")
+                found.append(f"divergent history: {versions} {'is' if one else 'are'} applied "
+                             f"but {'has' if one else 'have'} no file here, while files are "
+                             "pending; deploy an image with the same migrations as the "
+                             "database")
             else:
-                found.append(f"database is ahead of these files: versions {versions} have no "
-                             "file (--strict)")
+                found.append(f"database is ahead of these files: {versions} "
+                             f"{'has' if one else 'have'} no file (--strict)")
         if self.out_of_order and not allow_out_of_order:
             newest = max(self.applied_versions)
             found += [f"{m.file}: pending but older than applied version {newest}; renumber it, "
@@ -344,6 +373,7 @@ def compare(migrations: list[Migration], applied: dict[int, Applied],
         out_of_order=[m for m in pending if newest is not None and m.version < newest],
         applied_versions=sorted(applied),
         eol_only=same,
+        local=by_version,
     )
 
 

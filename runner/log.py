@@ -38,6 +38,50 @@ class _Libraries(logging.Handler):
         get().log(record.levelno, "library_log", logger=record.name, message=message)
 
 
+# Lines a command printed on stdout while stdout is a terminal: the console log does not
+# show them a second time (`validate`'s problems, `verify`'s drift).
+_ON_SCREEN: set[str] = set()
+_LISTS = ("drift", "problems")  # fields holding lines; `drift` is the more specific
+
+
+def print_lines(lines: list[str]) -> None:
+    """A command's result, one line each, on stdout."""
+    print("\n".join(lines))
+    if sys.stdout.isatty():
+        _ON_SCREEN.update(lines)
+
+
+class _Console:
+    """structlog's ConsoleRenderer, but a list of lines (`problems`, `drift`) is shown one
+    per line under the event, once: not again in `error`, which joins them for the JSON
+    log and the termination message, and not at all when stdout just showed them."""
+
+    def __init__(self) -> None:
+        colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+        self.render = structlog.dev.ConsoleRenderer(colors=colors)
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        found = [event.pop(k) for k in _LISTS if isinstance(event.get(k), list)]
+        lines = [str(line) for line in found[0]] if found else []
+        if lines and isinstance(event.get("error"), str):
+            joined = "; ".join(lines)
+            error: str = event["error"]
+            head = error[: -len(joined)].rstrip(": ") if error.endswith(joined) else error
+            if all(line in _ON_SCREEN for line in lines):
+                event["error"] = f"{head or _count(lines)}, shown above"
+                lines = []
+            elif len(lines) > 1 or head:
+                event["error"] = head or _count(lines)
+            else:
+                lines = []  # one problem: `error` is that problem
+        text = self.render(logger, method, event)
+        return text + "".join(f"\n    {line}" for line in lines)
+
+
+def _count(lines: list[str]) -> str:
+    return f"{len(lines)} problem" + ("" if len(lines) == 1 else "s")
+
+
 def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = ()) -> None:
     """`watchers` are processors that see every event before it is rendered (metrics)."""
     processors: list[Any] = [
@@ -47,8 +91,7 @@ def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = 
         *watchers,
     ]
     if fmt == "console":
-        colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-        processors.append(structlog.dev.ConsoleRenderer(colors=colors))
+        processors.append(_Console())
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(

@@ -169,13 +169,27 @@ class Settings:
         return self.database_url or ""
 
 
+def _shown_default(spec: Spec) -> str:
+    """The default as one would type it; none where the help says what happens instead."""
+    value = spec.default
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:g}s"
+    else:
+        text = str(value)
+    return f", default {text}"
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Setting flags, added to the top parser and every command, so they work on either side."""
     group = parser.add_argument_group("settings (each also an environment variable)")
     for spec in SPECS:
         if spec.flag is None:
             continue
-        helptext = f"{spec.help} [{spec.env}]"
+        helptext = f"{spec.help} [{spec.env}{_shown_default(spec)}]"
         if spec.field in _BOOL_FLAGS:
             # No optional value: `--strict status` must not read `status` as one.
             group.add_argument(spec.flag, dest=spec.field, action="store_const", const="true",

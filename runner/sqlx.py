@@ -115,3 +115,12 @@ class SqlxHistory(History):
     def set_checksum(self, conn: Connection, version: int, checksum: str) -> None:
         conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE version = %s").format(
             self.history), (bytes.fromhex(checksum), version))
+
+    def mark_applied(self, conn: Connection, m: Migration) -> bool:
+        # The row sqlx itself would have written, but for the time: nobody measured the
+        # hand fix, and sqlx's -1 ("not recorded") says so.
+        cur = conn.execute(sql.SQL(
+            "UPDATE {} SET success = TRUE, checksum = %s, description = %s, "
+            "installed_on = pg_catalog.now() WHERE version = %s AND NOT success").format(
+            self.history), (bytes.fromhex(m.checksum), m.description, m.version))
+        return cur.rowcount == 1

@@ -90,7 +90,7 @@ def test_status_json_shows_every_state(db: Db, migrations: Files) -> None:
     assert rows[1]["checksum"] != rows[1]["applied_checksum"]
     assert rows[1]["applied_checksum"] == db.scalar(
         "SELECT checksum FROM migration_history WHERE version = 1")
-    assert rows[5]["file"] is None and rows[5]["name"] == "5_gone"
+    assert rows[5]["file"] is None and rows[5]["name"] == "version 5 (gone)"
     assert rows[7]["applied_at"] is None and rows[7]["execution_time_ms"] is None
     assert relations(db) == before  # read-only
 

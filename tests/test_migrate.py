@@ -228,8 +228,8 @@ def test_dry_run_changes_nothing_and_prints_plan(db: Db, migrations: Files) -> N
     result = run(db.url, folder, "--dry-run")  # no command: migrate
     assert result.code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["001_create.sql", "transaction", "1", "statements"]
-    assert lines[2].split() == ["003_index.sql", "no-transaction", "1", "statements"]
+    assert lines[0].split() == ["001_create.sql", "transaction", "1", "statement"]
+    assert lines[2].split() == ["003_index.sql", "no-transaction", "1", "statement"]
     assert not db.table_exists("migration_history") and user_tables(db) == set()
 
 

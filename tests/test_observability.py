@@ -193,7 +193,7 @@ def test_verify_matches_committed_pacs_snapshot_and_reports_drift(db: Db) -> Non
 def test_verify_report_is_json_with_row_estimates(db: Db) -> None:
     assert run(db.url, ROOT / "migrations").code == 0
     db.execute("ANALYZE security.roles")
-    result = run(db.url, None, "verify", "--schema-name", "security")
+    result = run(db.url, None, "verify", "--report-schema", "security")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     roles = report["schemas"]["security"]["tables"]["roles"]

@@ -201,7 +201,7 @@ def test_internal_error_traceback_and_termination_are_scrubbed(
 
     monkeypatch.setattr(conninfo, "_secrets", set())
 
-    def bug(settings: Any, as_json: bool) -> int:
+    def bug(settings: Any, as_json: bool, exit_code: bool = False) -> int:
         conninfo.parse(settings.conninfo())
         raise RuntimeError(f"bug near {HEAD}{TAIL}")
 

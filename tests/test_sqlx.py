@@ -392,7 +392,7 @@ def test_every_command_in_sqlx_format(db: Db, migrations: Files, tmp_path: Path)
     folder = migrations(APP)
     dry = migrate(db, folder, "--dry-run")
     assert dry.code == 0, dry.stderr
-    assert re.search(r"^20240103000000_users_idx.up.sql +no-transaction +1 statements$",
+    assert re.search(r"^20240103000000_users_idx.up.sql +no-transaction +1 statement$",
                      dry.stdout, re.M), dry.stdout
     assert not db.table_exists("_sqlx_migrations")
 

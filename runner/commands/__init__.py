@@ -23,19 +23,20 @@ def history_for(settings: Settings) -> History:
     return NativeHistory(settings.schema)
 
 
-def open_connection(settings: Settings, purpose: str) -> Connection:
+def open_connection(settings: Settings, purpose: str, level: str = "info") -> Connection:
+    """`level` of `db_connected`: debug where the command's output is for a person."""
     conn = connect(settings, purpose)
     info = conn.info
-    log.get().info("db_connected", server_version=server_version(conn), purpose=purpose,
+    getattr(log.get(), level)("db_connected", server_version=server_version(conn), purpose=purpose,
                    target=f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
     return conn
 
 
 @contextmanager
-def read_only(settings: Settings, purpose: str) -> Iterator[Connection]:
+def read_only(settings: Settings, purpose: str, level: str = "info") -> Iterator[Connection]:
     """A connection for commands that only look (status, validate, --dry-run): no lock, and
     every transaction read-only, so nothing here can change the database."""
-    with open_connection(settings, purpose) as conn:
+    with open_connection(settings, purpose, level) as conn:
         conn.execute("SET default_transaction_read_only = on")
         yield conn
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from runner import log
 from runner.commands import history_for, locked
 from runner.errors import ValidationError
-from runner.history import as_fields
+from runner.history import as_fields, plural
 from runner.settings import Settings
 
 
@@ -30,7 +30,7 @@ def baseline(settings: Settings, to: int) -> int:
         history.ensure(conn)
         if applied:
             raise ValidationError([
-                f"baseline refused: {history.table} already has {len(applied)} rows "
+                f"baseline refused: {history.table} already has {plural(len(applied), 'row')} "
                 f"(newest version {max(applied)}); baseline is only for a database the "
                 "runner has never migrated. Use `status` to see its state"])
         session.check_same_session()

@@ -7,6 +7,8 @@ import time
 from runner import log, statements
 from runner.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state
+from runner.errors import MigrationError
+from runner.history import plural
 from runner.settings import Settings
 
 
@@ -42,17 +44,52 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         if plans:
             applier = Applier(session.work, history, settings)
             for plan in plans:
-                applier.apply(plan)
+                try:
+                    applier.apply(plan)
+                except MigrationError as exc:
+                    if not applied and plan is plans[0]:
+                        raise built_by_hand(exc, settings) from None
+                    raise
         logger.info("migrations_complete", applied=len(plans), pending_before=len(pending),
                     total=len(migrations), duration_ms=round((time.monotonic() - started) * 1000))
     return 0
 
 
-def print_plan(plans: list[statements.Plan]) -> None:
+# The duplicate_* SQLSTATEs of class 42 that name an object a migration creates, from
+# PostgreSQL's src/backend/utils/errcodes.txt. Left out: 42P03 duplicate_cursor, 42P05
+# duplicate_prepared_statement and 42712 duplicate_alias, which say nothing about what the
+# database already holds.
+ALREADY_EXISTS = {"42701": "duplicate_column", "42P04": "duplicate_database",
+                  "42723": "duplicate_function", "42P06": "duplicate_schema",
+                  "42P07": "duplicate_table", "42710": "duplicate_object"}
+
+
+def built_by_hand(exc: MigrationError, settings: Settings) -> MigrationError:
+    """The first file of an empty history failing on an object that already exists: the
+    database was most likely built before the runner (psql, an init script), and
+    `baseline` is how the runner adopts it. Other failures are returned unchanged."""
+    if exc.fields.get("sqlstate") not in ALREADY_EXISTS:
+        return exc
+    flags = "" if settings.history_format == "native" else (
+        f" --history-format {settings.history_format}")
+    if settings.schema != "public":
+        flags += f" --schema {settings.schema}"
+    return MigrationError(
+        f"{exc.message}; the history is empty but the database already has this object, "
+        "so it was probably built without the runner (psql, an init script): record the "
+        "migrations it already has without running them, with `migration-runner baseline "
+        f"--to V{flags}` where V is the last version the database already has, then run "
+        "migrate again", **exc.fields, fix="baseline")
+
+
+def print_plan(plans: list[statements.Plan], empty: str = "nothing to apply") -> None:
+    """The files to run, in order, each transactional or not, with its statement count
+    (`--dry-run` of migrate and rollback)."""
     if not plans:
-        print("nothing to apply")
+        print(empty)
         return
     width = max(len(p.migration.file) for p in plans)
     for p in plans:
         mode = "transaction" if p.transactional else "no-transaction"
-        print(f"{p.migration.file:<{width}}  {mode:<14}  {len(p.statements)} statements")
+        print(f"{p.migration.file:<{width}}  {mode:<14}  "
+              f"{plural(len(p.statements), 'statement')}")

@@ -13,9 +13,10 @@ import time
 
 from runner import files, log, statements
 from runner.apply import Applier
-from runner.commands import history_for, locked
+from runner.commands import history_for, locked, read_only
+from runner.commands.migrate import print_plan
 from runner.errors import ValidationError
-from runner.history import Applied, History
+from runner.history import Applied, History, named
 from runner.settings import Settings
 
 
@@ -35,14 +36,16 @@ def check(history: History, chosen: list[Applied], applied: dict[int, Applied],
           migrations: list[files.Migration]) -> list[statements.Plan]:
     """The rollback plans, in order; a ValidationError naming every reason not to start."""
     by_version = {m.version: m for m in migrations}
-    problems = [f"{a.version}_{a.description}: failed part-way (no-transaction migration); "
-                "fix the database by hand and run `migration-runner repair --failed` first"
-                for a in applied.values() if a.status == "failed"]
+    problems = [f"{named(a.version, a.description, by_version.get(a.version))}: failed "
+                "part-way (no-transaction migration); fix the database by hand and run "
+                "`migration-runner repair --failed` or `migration-runner repair --mark-applied "
+                f"{a.version}` first" for a in applied.values() if a.status == "failed"]
     needed: list[files.Migration] = []
     for a in chosen:
         m = by_version.get(a.version)
         if m is None:
-            problems.append(f"{a.version}_{a.description}: applied, but neither it nor its "
+            problems.append(f"{named(a.version, a.description, None)}: applied, but neither "
+                            "its file nor its "
                             "rollback file is in this folder; use the image that applied it")
         elif m.checksum != a.checksum and not history.eol_only(m, a.checksum):
             problems.append(f"{m.file}: changed after it was applied, so its rollback may "
@@ -57,11 +60,18 @@ def check(history: History, chosen: list[Applied], applied: dict[int, Applied],
     return plans
 
 
-def rollback(settings: Settings, steps: int | None = None, to: int | None = None) -> int:
+def rollback(settings: Settings, steps: int | None = None, to: int | None = None,
+             dry_run: bool = False) -> int:
     logger = log.get()
     started = time.monotonic()
     history = history_for(settings)
     migrations = history.load(settings.migrations_path)
+    if dry_run:  # the same checks, on a read-only connection without the lock
+        with read_only(settings, "dry-run") as conn:
+            applied = history.read_if_exists(conn)
+            plans = check(history, targets(applied, steps, to), applied, migrations)
+        print_plan(plans, empty="nothing to roll back")
+        return 0
     with locked(settings, history) as session:
         conn = session.work
         applied = history.read_if_exists(conn)

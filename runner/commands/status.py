@@ -2,7 +2,8 @@
 
 Read-only: no lock, nothing created (a database the runner never touched shows every
 file pending), only SELECTs on the bookkeeping tables. It reports what it found and exits
-0, even when some rows need an operator: deciding is `migrate`'s and `validate`'s job.
+0, even when some rows need an operator: deciding is `migrate`'s and `validate`'s job,
+unless `--exit-code` asks for the verdict (as dbmate's `status --exit-code`), for CI.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import psycopg
+from psycopg import sql
+
 from runner import files, log
 from runner.commands import history_for, read_only, warn_eol_only
-from runner.history import Applied, compare
+from runner.database import Connection
+from runner.errors import PENDING, VALIDATION, ConfigError
+from runner.history import Applied, History, compare, named
 from runner.settings import Settings
 
 STATES = ("applied", "pending", "failed", "changed", "missing", "out_of_order")
@@ -64,7 +70,7 @@ def classify(migrations: list[files.Migration], applied: dict[int, Applied],
         if a.version not in local:
             # A failed row needs the operator whether or not its file is here.
             state = "failed" if a.status == "failed" else "missing"
-            rows.append(Row(a.version, f"{a.version}_{a.description}", None, state,
+            rows.append(Row(a.version, named(a.version, a.description, None), None, state,
                             a.checksum, a.checksum, _iso(a.applied_at), a.execution_time_ms))
     return sorted(rows, key=lambda r: r.version)
 
@@ -103,14 +109,22 @@ def table(rows: list[Row], color: bool) -> str:
     return "\n".join(lines)
 
 
-def status(settings: Settings, as_json: bool) -> int:
+def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
+    """Exit 0, or with `exit_code`: 5 when `migrate` would refuse to run (a failed row, a
+    changed file, out of order, a divergent history), 6 when it would apply something,
+    0 when it would do nothing. A role that may not read the history: ConfigError (2)."""
     history = history_for(settings)
     folder = history.read_folder(settings.migrations_path)
     for problem in folder.problems:
         # Shown, not fatal: the operator asked what the database looks like.
         log.get().warning("file_problem", problem=problem)
-    with read_only(settings, "status") as conn:
-        applied = history.read_if_exists(conn)
+    # A person reading the table at a terminal wants the table; JSON logs stay complete.
+    chatter = "debug" if settings.log_format == "console" and not as_json else "info"
+    with read_only(settings, "status", level=chatter) as conn:
+        try:
+            applied = history.read_if_exists(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise not_allowed(conn, history, exc) from None
     comparison = compare(folder.migrations, applied, history.eol_only)
     warn_eol_only(comparison)
     rows = classify(folder.migrations, applied, {m.version for m, _ in comparison.eol_only})
@@ -118,5 +132,24 @@ def status(settings: Settings, as_json: bool) -> int:
         print(json.dumps(document(rows), indent=2))
     else:
         print(table(rows, use_color(sys.stdout)))
-    log.get().info("status_read", **summary(rows))
-    return 0
+    getattr(log.get(), chatter)("status_read", **summary(rows))
+    if not exit_code:
+        return 0
+    if comparison.problems(settings.strict, settings.allow_out_of_order):
+        return VALIDATION
+    return PENDING if comparison.pending else 0
+
+
+def not_allowed(conn: Connection, history: History,
+                exc: psycopg.errors.InsufficientPrivilege) -> ConfigError:
+    """SQLSTATE 42501 reading the history: the role lacks a grant, which is the deployment's
+    configuration (exit 2), not a failed migration (exit 1)."""
+    role = conn.info.user
+    schema = sql.Identifier(history.schema).as_string(conn)
+    table = history.history.as_string(conn)
+    who = sql.Identifier(role).as_string(conn)
+    return ConfigError(
+        f"status: role {role} may not read the history table {table} "
+        f"({exc.diag.message_primary or 'permission denied'}, SQLSTATE 42501); grant it, as "
+        f"the tables' owner: GRANT USAGE ON SCHEMA {schema} TO {who}; GRANT SELECT ON "
+        f"{table} TO {who}", sqlstate="42501", table=table, role=role)

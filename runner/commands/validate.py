@@ -11,7 +11,7 @@ from __future__ import annotations
 from runner import files, kustomization, log
 from runner.commands import history_for, read_only, warn_eol_only
 from runner.errors import ValidationError
-from runner.history import History, compare
+from runner.history import History, compare, plural
 from runner.settings import Settings
 
 
@@ -44,11 +44,11 @@ def validate(settings: Settings, offline: bool) -> int:
                               message="applied versions have no file here (a newer image "
                                       "ran); --strict makes this an error")
     if problems:
-        for problem in problems:
-            print(problem)
+        log.print_lines(problems)
         raise ValidationError(problems)
     rollbacks = sum(1 for m in folder.migrations if m.rollback is not None)
-    print(f"ok: {len(folder.migrations)} migrations, {rollbacks} rollback files"
+    print(f"ok: {plural(len(folder.migrations), 'migration')}, "
+          f"{plural(rollbacks, 'rollback file')}"
           + ("" if offline else ", history consistent"))
     log.get().info("validation_passed", files=len(folder.migrations), rollbacks=rollbacks,
                    offline=offline)

@@ -79,6 +79,9 @@ def report(conn: Connection, wanted: list[str],
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, dict) and "columns" in value:  # a whole table
+        return "columns " + ", ".join(f"{name} {_describe(column)}"
+                                      for name, column in value["columns"].items())
     if isinstance(value, dict) and "type" in value and "nullable" in value:
         text = str(value["type"]) + ("" if value["nullable"] else " NOT NULL")
         return text + (f" DEFAULT {value['default']}" if value["default"] else "")
@@ -148,8 +151,7 @@ def verify(settings: Settings, schemas: list[str], write: str | None,
         return 0
     lines = drift(expected, actual)
     if lines:
-        print("\n".join(lines))
-        raise ValidationError([f"schema drift from {expect}: " + "; ".join(lines)],
-                              drift=lines)
+        log.print_lines(lines)
+        raise ValidationError(lines, head=f"schema drift from {expect}", drift=lines)
     log.get().info("schema_matches", snapshot=expect)
     return 0
