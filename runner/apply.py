@@ -4,6 +4,28 @@ Transactional: BEGIN; SET LOCAL timeouts; the statements; history and audit rows
 retried when it lost a lock race (55P03) or a deadlock (40P01). No-transaction: a `failed`
 history row first, the statements one by one, then `applied` (or, for a rollback, the row
 deleted); a crash part-way leaves the `failed` row for an operator.
+
+Session state. All files run on one work connection, so whatever a file leaves in its
+session (a `SET` or `set_config(..., false)` of any setting, `SET ROLE`, `SET SESSION
+AUTHORIZATION`, temporary tables, prepared statements, WITH HOLD cursors, LISTEN, session
+advisory locks, sequence state) would reach the next file and our own bookkeeping. So
+right after a file's statements, before the history and audit rows, the session is put
+back to the state the first file started from: `SET SESSION AUTHORIZATION DEFAULT`
+(which resets the role too), `RESET ALL`, the runner's own session settings set again
+(read once from `pg_settings` where `source = 'session'`, the values `_set_session`
+gave; `RESET ALL` keeps startup parameters such as `application_name`), then `CLOSE
+ALL`, `DEALLOCATE ALL`, `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP` and
+`DISCARD SEQUENCES` -- what `DISCARD ALL` does, statement by statement, because `DISCARD
+ALL` refuses to run in a transaction block or in the middle of a pipeline (PostgreSQL's
+`PreventInTransactionBlock`). They go out in the migration's own pipeline, so a
+transactional migration is still one round trip; they commit with it (a `SET` made in a
+transaction outlives its COMMIT), and when it fails its rollback undoes its settings,
+and the failed attempt's audit row, in a transaction of its own, resets first for what a
+rollback does not undo (prepared statements, session advisory locks). The bookkeeping
+rows are thus always written by the connecting role with the server's default settings
+(`synchronous_commit` included), and the next file starts where the first one did.
+psycopg's automatic prepared statements are off on the work connection: `DEALLOCATE ALL`
+would drop them behind its back.
 """
 
 from __future__ import annotations
@@ -65,9 +87,32 @@ def _duration_ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+# DISCARD ALL, one statement each (see the module's docstring); the runner's own session
+# settings are set again right after RESET ALL.
+_RESET_FIRST = ("SET SESSION AUTHORIZATION DEFAULT", "RESET ALL")
+_RESET_THEN = ("CLOSE ALL", "DEALLOCATE ALL", "UNLISTEN *", "DISCARD TEMP",
+               "DISCARD SEQUENCES")
+_SESSION_SET = """
+SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name
+"""
+
+
+def session_reset(conn: Connection) -> list[str]:
+    """The statements that put the session back to its state now (see the docstring)."""
+    rows = conn.execute(_SESSION_SET).fetchall()
+    restore = sql.SQL(", ").join(
+        sql.SQL("pg_catalog.set_config({}, {}, false)").format(name, value)
+        for name, value in rows)
+    again = sql.SQL("SELECT pg_catalog.pg_advisory_unlock_all()" + (", " if rows else "")
+                    ) + restore
+    return [*_RESET_FIRST, again.as_string(conn), *_RESET_THEN]
+
+
 class Applier:
     def __init__(self, conn: Connection, tables: Tables, settings: Settings) -> None:
         self.conn = conn
+        conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
+        self.reset = session_reset(conn)
         self.tables = tables
         self.settings = settings
         self.log = log.get()
@@ -98,8 +143,14 @@ class Applier:
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
+    def _reset(self) -> None:
+        for statement in self.reset:
+            self.conn.execute(statement)
+
     def _record(self, plan: Plan, way: Direction, ms: int | None) -> None:
-        """History and audit rows, in the migration's transaction and pipeline."""
+        """The session reset, then the history and audit rows, in the migration's
+        transaction and pipeline."""
+        self._reset()
         m = plan.migration
         if way is UP:
             self.tables.record_applied(self.conn, m, ms)
@@ -187,9 +238,14 @@ class Applier:
             self.log.warning("rollback_failed", message=str(exc).strip())
 
     def _audit_failure(self, plan: Plan, way: Direction, ms: int, message: str) -> None:
-        """Written after the rollback, in its own transaction, so it survives."""
+        """Written after the rollback, in its own transaction, so it survives; after a
+        session reset, so neither a no-transaction file's leftovers nor what a rollback
+        does not undo decide who writes it."""
         try:
-            self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False, message)
+            with self.conn.transaction(), self.conn.pipeline():
+                self._reset()
+                self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False,
+                                      message)
         except psycopg.Error as exc:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
