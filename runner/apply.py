@@ -44,7 +44,8 @@ from runner.database import Connection
 from runner.errors import Interrupted, MigrationError
 from runner.history import Tables, as_fields
 from runner.settings import Settings
-from runner.statements import Plan, Statement, line_col
+from runner.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
+from runner.statements import Plan, Statement
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
 
@@ -70,19 +71,6 @@ def _ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-def sql_error(plan: Plan, statement: Statement | None, exc: psycopg.Error) -> dict[str, Any]:
-    """Where in the file the server's error points, and what it said."""
-    diag = exc.diag
-    offset = statement.offset if statement else 0
-    if statement and diag.statement_position:
-        offset += int(diag.statement_position) - 1
-    line, column = line_col(plan.migration.text, offset)
-    message = diag.message_primary or str(exc).strip() or exc.__class__.__name__
-    return {**as_fields(plan.migration), "sqlstate": exc.sqlstate, "message": message,
-            "detail": diag.message_detail, "hint": diag.message_hint, "line": line,
-            "column": column}
-
-
 def _duration_ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
@@ -105,7 +93,16 @@ def session_reset(conn: Connection) -> list[str]:
         for name, value in rows)
     again = sql.SQL("SELECT pg_catalog.pg_advisory_unlock_all()" + (", " if rows else "")
                     ) + restore
-    return [*_RESET_FIRST, again.as_string(conn), *_RESET_THEN]
+    return [*_RESET_FIRST, again.as_string(conn)]
+
+
+Cursor = psycopg.Cursor[Any]
+
+
+def _unanswered(cursors: list[Cursor]) -> int:
+    """Index of the first pipelined statement without a result: the one that failed (the
+    server skipped the ones after it), or len(cursors) when all of them succeeded."""
+    return next((i for i, cur in enumerate(cursors) if cur.pgresult is None), len(cursors))
 
 
 class Applier:
@@ -143,20 +140,30 @@ class Applier:
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
-    def _reset(self) -> None:
-        for statement in self.reset:
-            self.conn.execute(statement)
+    def _send(self, statement: str, sent: list[Cursor]) -> None:
+        """Execute, having listed the cursor first: in a pipeline an error can surface
+        while later statements are still being sent, and the failing statement is then
+        the first listed one without a result."""
+        cur = self.conn.cursor()
+        sent.append(cur)
+        cur.execute(statement)
 
-    def _record(self, plan: Plan, way: Direction, ms: int | None) -> None:
-        """The session reset, then the history and audit rows, in the migration's
-        transaction and pipeline."""
-        self._reset()
+    def _record(self, plan: Plan, way: Direction, ms: int | None,
+                sent: list[Cursor] | None = None) -> None:
+        """The settings and role reset, the history and audit rows, then the rest of the
+        reset, in the migration's transaction and pipeline. `sent` gets the reset's
+        cursors: all of them answered and a later statement not means COMMIT failed."""
+        sent = [] if sent is None else sent
+        for statement in self.reset:
+            self._send(statement, sent)
         m = plan.migration
         if way is UP:
             self.tables.record_applied(self.conn, m, ms)
         else:
             self.tables.delete(self.conn, m.version)
         self.tables.audit_row(self.conn, m, way.audit, ms, True)
+        for statement in _RESET_THEN:
+            self._send(statement, sent)
 
     def _transactional(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
@@ -164,26 +171,32 @@ class Applier:
         while True:
             attempt += 1
             started = time.monotonic()
-            sent: list[tuple[Statement, psycopg.Cursor[Any]]] = []
+            sent: list[Cursor] = []  # the file's statements
+            after: list[Cursor] = []  # the reset, with the bookkeeping rows among it
             try:
                 # One round trip: BEGIN, the timeouts, the statements, the bookkeeping rows
                 # and COMMIT go out together (pipeline mode, one Sync); results come back
                 # in order, and the server times the migration for the history row. Plain
                 # BEGIN/COMMIT, not conn.transaction(): that one syncs on entry and exit.
                 with self.conn.pipeline():
-                    self.conn.execute("BEGIN")
-                    for statement in self.set_local:
+                    for statement in ("BEGIN", *self.set_local):
                         self.conn.execute(statement)
-                    sent = [(st, self.conn.execute(st.sql)) for st in plan.statements]
-                    self._record(plan, way, None)
+                    for st in plan.statements:
+                        self._send(st.sql, sent)
+                    self._record(plan, way, None, after)
                     self.conn.execute("COMMIT")
                 return _ms(started)
             except psycopg.Error as exc:
                 self._roll_back()
-                # The failing statement is the first without a result; the ones after it
-                # were skipped by the server.
-                current = next((st for st, cur in sent if cur.pgresult is None), None)
-                error = sql_error(plan, current, exc)
+                failed = _unanswered(sent)
+                current = plan.statements[failed] if failed < len(sent) else None
+                # The bookkeeping rows stand between the reset's two parts: when every
+                # statement but COMMIT answered, COMMIT failed (a deferred constraint).
+                whole_reset = len(self.reset) + len(_RESET_THEN)
+                committing = (failed == len(plan.statements)
+                              and _unanswered(after) == len(after) == whole_reset)
+                at = AT_COMMIT if committing else AT_BOOKKEEPING
+                error = sql_error(plan, current, exc, at)
                 self._audit_failure(plan, way, _ms(started), error["message"])
                 if exc.sqlstate in RETRYABLE and attempt <= self.settings.ddl_lock_retries:
                     delay = min(0.5 * 2 ** (attempt - 1), 15.0) * random.uniform(0.5, 1.5)
@@ -208,6 +221,7 @@ class Applier:
             self.tables.mark_failed(self.conn, m.version)
         started = time.monotonic()
         current: Statement | None = None
+        at = AT_BOOKKEEPING
         try:
             if self.settings.statement_timeout > 0:
                 self.conn.execute(sql.SQL("SET statement_timeout = {}").format(
@@ -217,15 +231,20 @@ class Applier:
             current = None
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
-            error = sql_error(plan, current, exc)
+            error = sql_error(plan, current, exc, at)
             self._audit_failure(plan, way, _ms(started), error["message"])
             self._fail(error, way, partial=True)
         except Interrupted as exc:
             self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
         ms = _ms(started)
-        with self.conn.transaction(), self.conn.pipeline():
-            self._record(plan, way, ms)
+        try:
+            with self.conn.transaction(), self.conn.pipeline():
+                self._record(plan, way, ms)
+        except psycopg.Error as exc:
+            error = sql_error(plan, None, exc, at)
+            self._audit_failure(plan, way, ms, error["message"])
+            self._fail(error, way, partial=True)
         return ms
 
     def _roll_back(self) -> None:
@@ -243,7 +262,8 @@ class Applier:
         does not undo decide who writes it."""
         try:
             with self.conn.transaction(), self.conn.pipeline():
-                self._reset()
+                for statement in (*self.reset, *_RESET_THEN):
+                    self.conn.execute(statement)
                 self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False,
                                       message)
         except psycopg.Error as exc:
@@ -254,8 +274,7 @@ class Applier:
         # `migration_failed` for a rollback file too (direction: down): an alert on that
         # event must not miss a failed rollback.
         self.log.error("migration_failed", **error, direction=way.audit, **extra)
-        where = f"{error['file']}:{error['line']}:{error['column']}"
-        text = f"{where}: {error['message']} (SQLSTATE {error['sqlstate']})"
+        text = f"{where(error)}: {error['message']} (SQLSTATE {error['sqlstate']})"
         if extra.get("partial"):
             text += "; " + way.partial
         raise MigrationError(text, **error)
