@@ -46,6 +46,7 @@ from runner.history import Tables, as_fields
 from runner.settings import Settings
 from runner.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.statements import Plan, Statement
+from runner.watch import Watch, describe_blockers
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
 
@@ -106,8 +107,11 @@ def _unanswered(cursors: list[Cursor]) -> int:
 
 
 class Applier:
-    def __init__(self, conn: Connection, tables: Tables, settings: Settings) -> None:
+    def __init__(self, conn: Connection, tables: Tables, settings: Settings,
+                 watch: Watch | None = None) -> None:
+        """`watch`, when given, is told which migration runs (SPEC §9)."""
         self.conn = conn
+        self.watch = watch
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
         self.reset = session_reset(conn)
         self.tables = tables
@@ -133,10 +137,15 @@ class Applier:
     def _run(self, plan: Plan, way: Direction) -> int:
         self.log.info(way.started, **as_fields(plan.migration),
                       transactional=plan.transactional, statements=len(plan.statements))
-        if plan.transactional:
-            ms = self._transactional(plan, way)
-        else:
-            ms = self._no_transaction(plan, way)
+        if self.watch:
+            self.watch.begin(plan)
+        try:
+            if plan.transactional:
+                ms = self._transactional(plan, way)
+            else:
+                ms = self._no_transaction(plan, way)
+        finally:
+            self._blocked_by()
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
@@ -198,12 +207,20 @@ class Applier:
                 at = AT_COMMIT if committing else AT_BOOKKEEPING
                 error = sql_error(plan, current, exc, at)
                 self._audit_failure(plan, way, _ms(started), error["message"])
-                if exc.sqlstate in RETRYABLE and attempt <= self.settings.ddl_lock_retries:
+                retry = attempt <= self.settings.ddl_lock_retries
+                if exc.sqlstate in RETRYABLE:
+                    # Who held the lock, as the watch last saw it (SPEC §9).
+                    blockers = self._blocked_by(end=not retry)
+                    if blockers:
+                        error["blocked_by"] = blockers
+                if exc.sqlstate in RETRYABLE and retry:
                     delay = min(0.5 * 2 ** (attempt - 1), 15.0) * random.uniform(0.5, 1.5)
                     self.log.warning("migration_lock_retry", **as_fields(m), attempt=attempt,
                                      retries=self.settings.ddl_lock_retries,
                                      delay_s=round(delay, 3), sqlstate=exc.sqlstate,
-                                     reason=RETRYABLE[exc.sqlstate], direction=way.audit)
+                                     reason=RETRYABLE[exc.sqlstate], direction=way.audit,
+                                     **({"blocked_by": error["blocked_by"]}
+                                        if "blocked_by" in error else {}))
                     time.sleep(delay)
                     continue
                 self._fail(error, way, attempts=attempt)
@@ -270,11 +287,20 @@ class Applier:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
 
+    def _blocked_by(self, end: bool = True) -> list[dict[str, Any]]:
+        """The last blockers the watch saw; `end`: it stops reporting this migration."""
+        if self.watch is None:
+            return []
+        return self.watch.end() if end else self.watch.blocked_by()
+
     def _fail(self, error: dict[str, Any], way: Direction, **extra: Any) -> NoReturn:
+        self._blocked_by()  # nothing about this migration after its failure is logged
         # `migration_failed` for a rollback file too (direction: down): an alert on that
         # event must not miss a failed rollback.
         self.log.error("migration_failed", **error, direction=way.audit, **extra)
         text = f"{where(error)}: {error['message']} (SQLSTATE {error['sqlstate']})"
+        if error.get("blocked_by"):
+            text += f"; blocked by {describe_blockers(error['blocked_by'])}"
         if extra.get("partial"):
             text += "; " + way.partial
         raise MigrationError(text, **error)

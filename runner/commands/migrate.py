@@ -38,9 +38,10 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])
         if plans:
-            applier = Applier(session.work, tables, settings)
-            for plan in plans:
-                applier.apply(plan)
+            with session.watching() as watch:
+                applier = Applier(session.work, tables, settings, watch)
+                for plan in plans:
+                    applier.apply(plan)
         logger.info("migrations_complete", applied=len(plans), pending_before=len(pending),
                     total=len(migrations), duration_ms=round((time.monotonic() - started) * 1000))
     return 0

@@ -68,9 +68,10 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         chosen = targets(applied, steps, to)
         plans = check(chosen, applied, migrations)
         session.check_same_session()
-        applier = Applier(conn, tables, settings)
-        for plan in plans:
-            applier.revert(plan)
+        with session.watching() as watch:
+            applier = Applier(conn, tables, settings, watch)
+            for plan in plans:
+                applier.revert(plan)
         undone = {p.migration.version for p in plans}
         remaining = max((v for v in applied if v not in undone), default=None)
         logger.info("rollback_complete", rolled_back=len(plans), now_at=remaining,
