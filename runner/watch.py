@@ -154,8 +154,9 @@ class Watch:
             return
         severity = diag.severity_nonlocalized or diag.severity or "NOTICE"
         emit = self.log.warning if severity == "WARNING" else self.log.info
+        detail = {"detail": diag.message_detail} if diag.message_detail else {}
         emit("migration_notice", **as_fields(running.plan.migration), severity=severity,
-             message=diag.message_primary, detail=diag.message_detail)
+             message=diag.message_primary, **detail)
 
     def _loop(self) -> None:
         try:
