@@ -9,23 +9,24 @@ Session state. All files run on one work connection, so whatever a file leaves i
 session (a `SET` or `set_config(..., false)` of any setting, `SET ROLE`, `SET SESSION
 AUTHORIZATION`, temporary tables, prepared statements, WITH HOLD cursors, LISTEN, session
 advisory locks, sequence state) would reach the next file and our own bookkeeping. So
-right after a file's statements, before the history and audit rows, the session is put
-back to the state the first file started from: `SET SESSION AUTHORIZATION DEFAULT`
-(which resets the role too), `RESET ALL`, the runner's own session settings set again
-(read once from `pg_settings` where `source = 'session'`, the values `_set_session`
-gave; `RESET ALL` keeps startup parameters such as `application_name`), then `CLOSE
-ALL`, `DEALLOCATE ALL`, `UNLISTEN *`, `pg_advisory_unlock_all()`, `DISCARD TEMP` and
-`DISCARD SEQUENCES` -- what `DISCARD ALL` does, statement by statement, because `DISCARD
-ALL` refuses to run in a transaction block or in the middle of a pipeline (PostgreSQL's
-`PreventInTransactionBlock`). They go out in the migration's own pipeline, so a
-transactional migration is still one round trip; they commit with it (a `SET` made in a
-transaction outlives its COMMIT), and when it fails its rollback undoes its settings,
-and the failed attempt's audit row, in a transaction of its own, resets first for what a
-rollback does not undo (prepared statements, session advisory locks). The bookkeeping
-rows are thus always written by the connecting role with the server's default settings
+right after a file's statements the session is put back to the state the first file
+started from, with what `DISCARD ALL` does, one statement each: `DISCARD ALL` itself
+refuses to run in a transaction block or after another statement of a pipeline
+(PostgreSQL's `PreventInTransactionBlock`), so it would cost a round trip of its own.
+Before the history and audit rows: `SET SESSION AUTHORIZATION DEFAULT` (the role too),
+`RESET ALL` (back to the startup parameters, `application_name` among them), then one
+SELECT with `pg_advisory_unlock_all()` and the runner's own session settings set again
+(read once from `pg_settings` where `source = 'session'`: what `_set_session` set).
+After the rows: `CLOSE ALL`, `DEALLOCATE ALL`, `UNLISTEN *`, `DISCARD TEMP`, `DISCARD
+SEQUENCES`. All of it goes out in the migration's own pipeline, so a transactional
+migration is still one round trip, and commits with it (a `SET` made in a transaction
+outlives its COMMIT). When the migration fails, its rollback undoes its settings, and
+the failed attempt's audit row, in a transaction of its own, resets first for what a
+rollback does not undo (prepared statements, session advisory locks). So the bookkeeping
+rows are always written by the connecting role with the session's first settings
 (`synchronous_commit` included), and the next file starts where the first one did.
-psycopg's automatic prepared statements are off on the work connection: `DEALLOCATE ALL`
-would drop them behind its back.
+psycopg's automatic prepared statements are off on the work connection: `DEALLOCATE
+ALL` would drop them behind its back.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class Applier:
             else:
                 ms = self._no_transaction(plan, way)
         finally:
-            self._blocked_by()
+            self._watch_end()
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
@@ -210,7 +211,8 @@ class Applier:
                 retry = attempt <= self.settings.ddl_lock_retries
                 if exc.sqlstate in RETRYABLE:
                     # Who held the lock, as the watch last saw it (SPEC §9).
-                    blockers = self._blocked_by(end=not retry)
+                    blockers = (self.watch.blocked_by() if retry and self.watch
+                                else self._watch_end())
                     if blockers:
                         error["blocked_by"] = blockers
                 if exc.sqlstate in RETRYABLE and retry:
@@ -287,14 +289,12 @@ class Applier:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
 
-    def _blocked_by(self, end: bool = True) -> list[dict[str, Any]]:
-        """The last blockers the watch saw; `end`: it stops reporting this migration."""
-        if self.watch is None:
-            return []
-        return self.watch.end() if end else self.watch.blocked_by()
+    def _watch_end(self) -> list[dict[str, Any]]:
+        """The watch stops reporting this migration; the last blockers it saw."""
+        return self.watch.end() if self.watch else []
 
     def _fail(self, error: dict[str, Any], way: Direction, **extra: Any) -> NoReturn:
-        self._blocked_by()  # nothing about this migration after its failure is logged
+        self._watch_end()  # nothing about this migration after its failure is logged
         # `migration_failed` for a rollback file too (direction: down): an alert on that
         # event must not miss a failed rollback.
         self.log.error("migration_failed", **error, direction=way.audit, **extra)
