@@ -206,7 +206,8 @@ class Watch:
             if blocked_by:
                 running.blocked_by = blocked_by
                 pids = [b["pid"] for b in blocked_by]
-                if pids != running.blocked_pids:
+                # A wait that began just now is reported at the next tick, if it lasts.
+                if pids != running.blocked_pids and (waited is None or waited >= 0.5):
                     running.blocked_pids = pids
                     self.log.warning("migration_blocked", **as_fields(plan.migration), **where,
                                      waited_s=round(waited if waited is not None
