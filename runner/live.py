@@ -2,19 +2,24 @@
 
 Only when stderr is a TTY and the log format is `console`, never in JSON: the file being
 applied, the time it has run, what it waits on, an index build's percentage, redrawn in
-place by rich and removed when the watch ends, so the final log line takes its place.
-Log lines written meanwhile go above it (rich redirects stderr while the line is shown;
-the log's stream is pointed at that redirection, then back). rich is imported here only,
-on that path: a pod start never pays for it.
+place once a second by the watch thread and cleared when the watch ends, so the final
+log line takes its place. Log lines written meanwhile go above it: the log's stream is
+pointed, for that time, at tqdm's `write`, which clears the line, writes, and redraws it
+(under tqdm's lock, which its redraw takes too, so the two threads never interleave).
+
+The terminal handling is tqdm's, imported on that path only, so a pod start never pays
+for it. Not rich: structlog imports rich at start-up whenever it is installed (for its
+tracebacks), which would cost every run ~0.1 s.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
@@ -22,23 +27,36 @@ from runner.settings import Settings
 from runner.watch import Watch
 
 
-class _Line:
-    def __init__(self, watch: Watch) -> None:
-        self.watch = watch
+def status(watch: Watch) -> str:
+    """`applying 004_x.sql  12s  index build 45%  waiting: ...`, or "" between files."""
+    running = watch.running
+    if running is None:
+        return ""
+    text = f"applying {running.plan.migration.file}  {time.monotonic() - running.started:.0f}s"
+    if running.percent is not None:
+        text += f"  index build {running.percent:.0f}%"
+    if running.waiting:
+        text += f"  waiting: {running.waiting}"
+    return text
 
-    def __rich__(self) -> Any:
-        from rich.text import Text
 
-        running = self.watch.running
-        if running is None:
-            return Text("")
-        line = Text.assemble(("applying ", "dim"), (running.plan.migration.file, "bold"),
-                             f"  {time.monotonic() - running.started:.0f}s")
-        if running.percent is not None:
-            line.append(f"  index build {running.percent:.0f}%", "cyan")
-        if running.waiting:
-            line.append(f"  waiting: {running.waiting}", "yellow")
-        return line
+class _Above:
+    """A stream for the log: whole lines, written above the status line."""
+
+    def __init__(self, write: Callable[..., Any], stream: IO[str]) -> None:
+        self._write = write
+        self._stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._write(line, file=self._stream)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 @contextmanager
@@ -48,16 +66,23 @@ def live_status(settings: Settings, watch: Watch) -> Iterator[None]:
     if settings.log_format != "console" or not sys.stderr.isatty():
         yield
         return
-    from rich.console import Console
-    from rich.live import Live
+    from tqdm import tqdm
 
     stream = sys.stderr
-    live = Live(_Line(watch), console=Console(file=stream), transient=True,
-                refresh_per_second=4, redirect_stdout=False, redirect_stderr=True)
-    live.start()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    try:
+        sized = os.get_terminal_size(stream.fileno()).columns > 0
+    except OSError:
+        sized = False
+    # The line follows the terminal's size; a terminal that reports none (a pty nobody
+    # sized) gets 80x24, which tqdm needs to draw at all.
+    line = tqdm(file=stream, bar_format="{desc}", leave=False, dynamic_ncols=sized,
+                ncols=None if sized else 80, nrows=None if sized else 24)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(
+        _Above(tqdm.write, stream)))  # type: ignore[arg-type]
+    watch.on_tick = lambda: line.set_description_str(status(watch), refresh=True)
     try:
         yield
     finally:
-        live.stop()
+        watch.on_tick = None
+        line.close()
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))

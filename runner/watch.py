@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,9 @@ class Watch:
         self.progress_interval = progress_interval
         self.tick = min(TICK_S, progress_interval) if progress_interval > 0 else TICK_S
         self.running: Running | None = None
+        # Called in the watch thread at every tick while a migration runs (a live status
+        # line redraws itself); set before start(), or from the main thread.
+        self.on_tick: Callable[[], None] | None = None
         self.log = log.get()
         self._log_lock = threading.Lock()
         self._stop = threading.Event()
@@ -162,6 +166,8 @@ class Watch:
         try:
             while not self._stop.wait(self.tick):
                 running = self.running
+                if running is not None and (on_tick := self.on_tick) is not None:
+                    on_tick()
                 if running is None or time.monotonic() - running.started < 0.9 * self.tick:
                     continue
                 try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import pty
 import re
 import select
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -193,8 +196,8 @@ def test_sigterm_in_process_leaves_no_watch_thread(
 def _on_a_terminal(db: Db, folder: Path, log_format: str) -> str:
     """Run with stderr on a pseudo-terminal; everything it showed there."""
     primary, secondary = pty.openpty()
-    env = runner_env(db.url, folder, MIGRATE_LOG_FORMAT=log_format, TERM="xterm",
-                     COLUMNS="160")
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, cols
+    env = runner_env(db.url, folder, MIGRATE_LOG_FORMAT=log_format, TERM="xterm")
     proc = subprocess.Popen(runner_cmd(), env=env, stdout=subprocess.DEVNULL,
                             stderr=secondary, cwd=ROOT)
     os.close(secondary)
