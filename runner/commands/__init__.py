@@ -67,15 +67,16 @@ class Session:
     def watching(self) -> Iterator[Watch]:
         """The watch of the work connection from the lock connection (SPEC §9), stopped
         before the lock is released whatever ends the block."""
+        work = self.work
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)
-        self.work.add_notice_handler(watch.notice)
+        work.add_notice_handler(watch.notice)
         watch.start()
         try:
             with live_status(self.settings, watch):
                 yield watch
         finally:
             watch.stop()
-            self.work.remove_notice_handler(watch.notice)
+            work.remove_notice_handler(watch.notice)
 
     def close(self) -> None:
         if self._work is not None:
