@@ -7,26 +7,29 @@ deleted); a crash part-way leaves the `failed` row for an operator.
 
 Session state. All files run on one work connection, so whatever a file leaves in its
 session (a `SET` or `set_config(..., false)` of any setting, `SET ROLE`, `SET SESSION
-AUTHORIZATION`, temporary tables, prepared statements, WITH HOLD cursors, LISTEN, session
-advisory locks, sequence state) would reach the next file and our own bookkeeping. So
-right after a file's statements the session is put back to the state the first file
-started from, with what `DISCARD ALL` does, one statement each: `DISCARD ALL` itself
-refuses to run in a transaction block or after another statement of a pipeline
+AUTHORIZATION`, temporary tables, prepared statements, WITH HOLD cursors, LISTEN,
+session advisory locks, sequence state) would reach the next file and our own
+bookkeeping. So right after a file's statements the session is put back to the state the
+first file started from, with what `DISCARD ALL` does, one statement each: `DISCARD ALL`
+itself refuses to run in a transaction block or after another statement of a pipeline
 (PostgreSQL's `PreventInTransactionBlock`), so it would cost a round trip of its own.
 Before the history and audit rows: `SET SESSION AUTHORIZATION DEFAULT` (the role too),
 `RESET ALL` (back to the startup parameters, `application_name` among them), then one
-SELECT with `pg_advisory_unlock_all()` and the runner's own session settings set again
-(read once from `pg_settings` where `source = 'session'`: what `_set_session` set).
-After the rows: `CLOSE ALL`, `DEALLOCATE ALL`, `UNLISTEN *`, `DISCARD TEMP`, `DISCARD
-SEQUENCES`. All of it goes out in the migration's own pipeline, so a transactional
-migration is still one round trip, and commits with it (a `SET` made in a transaction
-outlives its COMMIT). When the migration fails, its rollback undoes its settings, and
-the failed attempt's audit row, in a transaction of its own, resets first for what a
-rollback does not undo (prepared statements, session advisory locks). So the bookkeeping
-rows are always written by the connecting role with the session's first settings
-(`synchronous_commit` included), and the next file starts where the first one did.
-psycopg's automatic prepared statements are off on the work connection: `DEALLOCATE
-ALL` would drop them behind its back.
+SELECT that sets the runner's own session settings again (read once from `pg_settings`
+where `source = 'session'`: what `_set_session` set), calls `pg_advisory_unlock_all()`,
+and says whether the file left cursors, prepared statements or temporary tables. After
+the rows: `DISCARD SEQUENCES` and `UNLISTEN *` (a LISTEN of this transaction does not
+show until it commits). When the SELECT said so, `CLOSE ALL`, `DEALLOCATE ALL` and
+`DISCARD TEMP` open the next migration's transaction, before its statements: three
+statements that nearly no file needs are not paid by every migration. All of it goes out
+in the migrations' own pipelines, so a transactional migration is still one round trip,
+and commits with it (a `SET` made in a transaction outlives its COMMIT). When the
+migration fails, its rollback undoes its settings, and the failed attempt's audit row,
+in a transaction of its own, resets first for what a rollback does not undo (prepared
+statements, session advisory locks). So the bookkeeping rows are always written by the
+connecting role with the session's first settings (`synchronous_commit` included), and
+the next file starts where the first one did. psycopg's automatic prepared statements
+are off on the work connection: `DEALLOCATE ALL` would drop them behind its back.
 """
 
 from __future__ import annotations
@@ -77,24 +80,33 @@ def _duration_ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-# DISCARD ALL, one statement each (see the module's docstring); the runner's own session
-# settings are set again right after RESET ALL.
+# DISCARD ALL, one statement each (see the module's docstring). Before the bookkeeping
+# rows: the role and the settings (then, in one SELECT, the runner's own settings set
+# again, the advisory locks released, and whether anything else was left behind); after
+# them: sequence state. What else a file may leave, only when it did, before the next.
 _RESET_FIRST = ("SET SESSION AUTHORIZATION DEFAULT", "RESET ALL")
-_RESET_THEN = ("CLOSE ALL", "DEALLOCATE ALL", "UNLISTEN *", "DISCARD TEMP",
-               "DISCARD SEQUENCES")
+# UNLISTEN * always: a LISTEN shows in pg_listening_channels() only once committed.
+_RESET_AFTER = ("DISCARD SEQUENCES", "UNLISTEN *")
+_LEFTOVERS = ("CLOSE ALL", "DEALLOCATE ALL", "DISCARD TEMP")
+_LEFT_BEHIND = """(
+  EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE name <> '')  -- '': a protocol portal
+  OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements)
+  OR EXISTS (SELECT FROM pg_catalog.pg_class
+             WHERE relnamespace = pg_catalog.pg_my_temp_schema()))"""
 _SESSION_SET = """
 SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name
 """
 
 
 def session_reset(conn: Connection) -> list[str]:
-    """The statements that put the session back to its state now (see the docstring)."""
+    """The statements that put the role and settings back to their state now, the last
+    one a SELECT whose last column says whether cursors, prepared statements or
+    temporary tables are left too (see the docstring)."""
     rows = conn.execute(_SESSION_SET).fetchall()
-    restore = sql.SQL(", ").join(
-        sql.SQL("pg_catalog.set_config({}, {}, false)").format(name, value)
-        for name, value in rows)
-    again = sql.SQL("SELECT pg_catalog.pg_advisory_unlock_all()" + (", " if rows else "")
-                    ) + restore
+    calls = [sql.SQL("pg_catalog.set_config({}, {}, false)").format(name, value)
+             for name, value in rows]
+    again = sql.SQL("SELECT ") + sql.SQL(", ").join(
+        [*calls, sql.SQL("pg_catalog.pg_advisory_unlock_all()"), sql.SQL(_LEFT_BEHIND)])
     return [*_RESET_FIRST, again.as_string(conn)]
 
 
@@ -115,6 +127,7 @@ class Applier:
         self.watch = watch
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
         self.reset = session_reset(conn)
+        self.left_behind = False  # cursors, prepared statements or temporary tables
         self.tables = tables
         self.settings = settings
         self.log = log.get()
@@ -160,8 +173,8 @@ class Applier:
 
     def _record(self, plan: Plan, way: Direction, ms: int | None,
                 sent: list[Cursor] | None = None) -> None:
-        """The settings and role reset, the history and audit rows, then the rest of the
-        reset, in the migration's transaction and pipeline. `sent` gets the reset's
+        """The role and settings reset, the history and audit rows, then the sequence
+        reset, in the migration's transaction and pipeline. `sent` gets the resets'
         cursors: all of them answered and a later statement not means COMMIT failed."""
         sent = [] if sent is None else sent
         for statement in self.reset:
@@ -172,8 +185,13 @@ class Applier:
         else:
             self.tables.delete(self.conn, m.version)
         self.tables.audit_row(self.conn, m, way.audit, ms, True)
-        for statement in _RESET_THEN:
+        for statement in _RESET_AFTER:
             self._send(statement, sent)
+
+    def _left_behind(self, after: list[Cursor]) -> bool:
+        """What the reset's SELECT said, once the pipeline is through."""
+        row = after[len(self.reset) - 1].fetchone()
+        return bool(row and row[-1])
 
     def _transactional(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
@@ -189,12 +207,14 @@ class Applier:
                 # in order, and the server times the migration for the history row. Plain
                 # BEGIN/COMMIT, not conn.transaction(): that one syncs on entry and exit.
                 with self.conn.pipeline():
-                    for statement in ("BEGIN", *self.set_local):
+                    leftovers = _LEFTOVERS if self.left_behind else ()
+                    for statement in ("BEGIN", *self.set_local, *leftovers):
                         self.conn.execute(statement)
                     for st in plan.statements:
                         self._send(st.sql, sent)
                     self._record(plan, way, None, after)
                     self.conn.execute("COMMIT")
+                self.left_behind = self._left_behind(after)
                 return _ms(started)
             except psycopg.Error as exc:
                 self._roll_back()
@@ -202,7 +222,7 @@ class Applier:
                 current = plan.statements[failed] if failed < len(sent) else None
                 # The bookkeeping rows stand between the reset's two parts: when every
                 # statement but COMMIT answered, COMMIT failed (a deferred constraint).
-                whole_reset = len(self.reset) + len(_RESET_THEN)
+                whole_reset = len(self.reset) + len(_RESET_AFTER)
                 committing = (failed == len(plan.statements)
                               and _unanswered(after) == len(after) == whole_reset)
                 at = AT_COMMIT if committing else AT_BOOKKEEPING
@@ -234,6 +254,11 @@ class Applier:
 
     def _no_transaction(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
+        if self.left_behind:  # by the file before, and not yet cleared
+            with self.conn.transaction(), self.conn.pipeline():
+                for statement in _LEFTOVERS:
+                    self.conn.execute(statement)
+            self.left_behind = False
         if way is UP:
             self.tables.mark_started(self.conn, m)
         else:
@@ -259,7 +284,10 @@ class Applier:
         ms = _ms(started)
         try:
             with self.conn.transaction(), self.conn.pipeline():
+                for statement in _LEFTOVERS:
+                    self.conn.execute(statement)
                 self._record(plan, way, ms)
+            self.left_behind = False
         except psycopg.Error as exc:
             error = sql_error(plan, None, exc, at)
             self._audit_failure(plan, way, ms, error["message"])
@@ -281,10 +309,11 @@ class Applier:
         does not undo decide who writes it."""
         try:
             with self.conn.transaction(), self.conn.pipeline():
-                for statement in (*self.reset, *_RESET_THEN):
+                for statement in (*self.reset, *_RESET_AFTER, *_LEFTOVERS):
                     self.conn.execute(statement)
                 self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False,
                                       message)
+            self.left_behind = False
         except psycopg.Error as exc:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())

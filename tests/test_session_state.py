@@ -28,7 +28,7 @@ INSERT INTO public.probe (state) SELECT pg_catalog.concat_ws(' | ',
     WHERE relnamespace = pg_catalog.pg_my_temp_schema()),
   (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements),
   (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()),
-  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors),
+  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors WHERE name <> ''),
   (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks
     WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()));
 """
@@ -147,3 +147,17 @@ def test_what_a_rollback_does_not_undo_is_gone_before_the_retry(
     result = runner.finish(timeout=60)
     assert result.code == 0, result.stderr
     assert db.query("SELECT success FROM migration_audit ORDER BY id")[-1] == (True,)
+
+
+def test_a_no_transaction_file_after_leftovers_starts_clean_too(
+        db: Db, migrations: Files) -> None:
+    folder = migrations({
+        "001_probe.sql": PROBE,
+        "002_leaves_state.sql": "CREATE TEMP TABLE scratch (id int);\nPREPARE q AS SELECT 1;\n"
+                                "DECLARE c CURSOR WITH HOLD FOR SELECT 1;\n",
+        "003_probe.sql": "-- migrate:no-transaction\n" + PROBE,
+    })
+    result = run(db.url, folder)
+    assert result.code == 0, result.stderr
+    first, last = (row[0] for row in db.query("SELECT state FROM probe ORDER BY n"))
+    assert last == first
