@@ -29,7 +29,8 @@ import psycopg
 from runner.history import as_fields
 from runner.statements import Plan, Statement, line_col
 
-# Positions are counted in characters by the server (errposition, pg_mbstrlen_with_len).
+# The server's context text is translated by lc_messages: on a server that does not speak
+# English, rule 3 finds nothing and rules 2 and 4 remain.
 _PLPGSQL_LINE = re.compile(r"PL/pgSQL function (.*?) (?:near )?line (\d+)")
 AT_STATEMENT, AT_COMMIT, AT_BOOKKEEPING = "statement", "commit", "bookkeeping"
 
@@ -66,7 +67,8 @@ def _line_start(text: str, start: int, lines: int) -> int | None:
 
 def offset_in_statement(text: str, diag: psycopg.errors.Diagnostic) -> int | None:
     """Character offset of the fault within the statement `text`, when the server's
-    fields locate it (rules 1-3 of the module docstring); None otherwise."""
+    fields locate it (rules 1-3 of the module docstring); None otherwise. The server
+    counts positions in characters, 1-based (errposition)."""
     if diag.statement_position:
         return int(diag.statement_position) - 1
     pl_line = _plpgsql_line(diag.context)
