@@ -4,6 +4,32 @@ Transactional: BEGIN; SET LOCAL timeouts; the statements; history and audit rows
 retried when it lost a lock race (55P03) or a deadlock (40P01). No-transaction: a `failed`
 history row first, the statements one by one, then `applied` (or, for a rollback, the row
 deleted); a crash part-way leaves the `failed` row for an operator.
+
+Session state. All files run on one work connection, so whatever a file leaves in its
+session (a `SET` or `set_config(..., false)` of any setting, `SET ROLE`, `SET SESSION
+AUTHORIZATION`, temporary tables, prepared statements, WITH HOLD cursors, LISTEN,
+session advisory locks, sequence state) would reach the next file and our own
+bookkeeping. So right after a file's statements the session is put back to the state the
+first file started from, with what `DISCARD ALL` does, one statement each: `DISCARD ALL`
+itself refuses to run in a transaction block or after another statement of a pipeline
+(PostgreSQL's `PreventInTransactionBlock`), so it would cost a round trip of its own.
+Before the history and audit rows: `SET SESSION AUTHORIZATION DEFAULT` (the role too),
+`RESET ALL` (back to the startup parameters, `application_name` among them), then one
+SELECT that sets the runner's own session settings again (read once from `pg_settings`
+where `source = 'session'`: what `_set_session` set), calls `pg_advisory_unlock_all()`,
+and says whether the file left cursors, prepared statements or temporary tables. After
+the rows: `DISCARD SEQUENCES` and `UNLISTEN *` (a LISTEN of this transaction does not
+show until it commits). When the SELECT said so, `CLOSE ALL`, `DEALLOCATE ALL` and
+`DISCARD TEMP` open the next migration's transaction, before its statements: three
+statements that nearly no file needs are not paid by every migration. All of it goes out
+in the migrations' own pipelines, so a transactional migration is still one round trip,
+and commits with it (a `SET` made in a transaction outlives its COMMIT). When the
+migration fails, its rollback undoes its settings, and the failed attempt's audit row,
+in a transaction of its own, resets first for what a rollback does not undo (prepared
+statements, session advisory locks). So the bookkeeping rows are always written by the
+connecting role with the session's first settings (`synchronous_commit` included), and
+the next file starts where the first one did. psycopg's automatic prepared statements
+are off on the work connection: `DEALLOCATE ALL` would drop them behind its back.
 """
 
 from __future__ import annotations
@@ -22,7 +48,9 @@ from runner.database import Connection
 from runner.errors import Interrupted, MigrationError
 from runner.history import History, as_fields
 from runner.settings import Settings
-from runner.statements import Plan, Statement, line_col
+from runner.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
+from runner.statements import Plan, Statement
+from runner.watch import Watch, describe_blockers
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
 
@@ -49,26 +77,61 @@ def _ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-def sql_error(plan: Plan, statement: Statement | None, exc: psycopg.Error) -> dict[str, Any]:
-    """Where in the file the server's error points, and what it said."""
-    diag = exc.diag
-    offset = statement.offset if statement else 0
-    if statement and diag.statement_position:
-        offset += int(diag.statement_position) - 1
-    line, column = line_col(plan.migration.text, offset)
-    message = diag.message_primary or str(exc).strip() or exc.__class__.__name__
-    return {**as_fields(plan.migration), "sqlstate": exc.sqlstate, "message": message,
-            "detail": diag.message_detail, "hint": diag.message_hint, "line": line,
-            "column": column}
-
-
 def _duration_ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+# DISCARD ALL, one statement each (see the module's docstring). Before the bookkeeping
+# rows: the role and the settings (then, in one SELECT, the runner's own settings set
+# again, the advisory locks released, and whether anything else was left behind); after
+# them: sequence state. What else a file may leave, only when it did, before the next.
+_RESET_FIRST = ("SET SESSION AUTHORIZATION DEFAULT", "RESET ALL")
+# UNLISTEN * always: a LISTEN shows in pg_listening_channels() only once committed.
+_RESET_AFTER = ("DISCARD SEQUENCES", "UNLISTEN *")
+_LEFTOVERS = ("CLOSE ALL", "DEALLOCATE ALL", "DISCARD TEMP")
+# The session's temporary schema stays assigned once it made a temporary object, so after
+# the first one the leftovers are cleared before every migration: cheaper for the files
+# that never make one than a scan of pg_class after each (hundreds of microseconds in a
+# catalog of a few thousand relations).
+_LEFT_BEHIND = """(
+  EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE name <> '')  -- '': a protocol portal
+  OR EXISTS (SELECT FROM pg_catalog.pg_prepared_statements)
+  OR pg_catalog.pg_my_temp_schema() <> 0)"""
+_SESSION_SET = """
+SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name
+"""
+
+
+def session_reset(conn: Connection) -> list[str]:
+    """The statements that put the role and settings back to their state now, the last
+    one a SELECT whose last column says whether cursors, prepared statements or
+    temporary tables are left too (see the docstring)."""
+    rows = conn.execute(_SESSION_SET).fetchall()
+    calls = [sql.SQL("pg_catalog.set_config({}, {}, false)").format(name, value)
+             for name, value in rows]
+    again = sql.SQL("SELECT ") + sql.SQL(", ").join(
+        [*calls, sql.SQL("pg_catalog.pg_advisory_unlock_all()"), sql.SQL(_LEFT_BEHIND)])
+    return [*_RESET_FIRST, again.as_string(conn)]
+
+
+Cursor = psycopg.Cursor[Any]
+
+
+def _unanswered(cursors: list[Cursor]) -> int:
+    """Index of the first pipelined statement without a result: the one that failed (the
+    server skipped the ones after it), or len(cursors) when all of them succeeded."""
+    return next((i for i, cur in enumerate(cursors) if cur.pgresult is None), len(cursors))
+
+
 class Applier:
-    def __init__(self, conn: Connection, tables: History, settings: Settings) -> None:
+    def __init__(self, conn: Connection, tables: History, settings: Settings,
+                 watch: Watch | None = None) -> None:
+        """`watch`, when given, is told which migration runs (SPEC §9)."""
         self.conn = conn
+        self.watch = watch
+        conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
+        self.reset = session_reset(conn)
+        self.left_behind = False  # cursors, prepared statements or temporary tables
         self.tables = tables
         self.settings = settings
         self.log = log.get()
@@ -92,21 +155,47 @@ class Applier:
     def _run(self, plan: Plan, way: Direction) -> int:
         self.log.info(way.started, **as_fields(plan.migration),
                       transactional=plan.transactional, statements=len(plan.statements))
-        if plan.transactional:
-            ms = self._transactional(plan, way)
-        else:
-            ms = self._no_transaction(plan, way)
+        if self.watch:
+            self.watch.begin(plan)
+        try:
+            if plan.transactional:
+                ms = self._transactional(plan, way)
+            else:
+                ms = self._no_transaction(plan, way)
+        finally:
+            self._watch_end()
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
-    def _record(self, plan: Plan, way: Direction, ms: int | None) -> None:
-        """History and audit rows, in the migration's transaction and pipeline."""
+    def _send(self, statement: str, sent: list[Cursor]) -> None:
+        """Execute, having listed the cursor first: in a pipeline an error can surface
+        while later statements are still being sent, and the failing statement is then
+        the first listed one without a result."""
+        cur = self.conn.cursor()
+        sent.append(cur)
+        cur.execute(statement)
+
+    def _record(self, plan: Plan, way: Direction, ms: int | None,
+                sent: list[Cursor] | None = None) -> None:
+        """The role and settings reset, the history and audit rows, then the sequence
+        reset, in the migration's transaction and pipeline. `sent` gets the resets'
+        cursors: all of them answered and a later statement not means COMMIT failed."""
+        sent = [] if sent is None else sent
+        for statement in self.reset:
+            self._send(statement, sent)
         m = plan.migration
         if way is UP:
             self.tables.record_applied(self.conn, m, ms)
         else:
             self.tables.delete(self.conn, m.version)
         self.tables.audit_row(self.conn, m, way.audit, ms, True)
+        for statement in _RESET_AFTER:
+            self._send(statement, sent)
+
+    def _left_behind(self, after: list[Cursor]) -> bool:
+        """What the reset's SELECT said, once the pipeline is through."""
+        row = after[len(self.reset) - 1].fetchone()
+        return bool(row and row[-1])
 
     def _transactional(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
@@ -114,33 +203,50 @@ class Applier:
         while True:
             attempt += 1
             started = time.monotonic()
-            sent: list[tuple[Statement, psycopg.Cursor[Any]]] = []
+            sent: list[Cursor] = []  # the file's statements
+            after: list[Cursor] = []  # the reset, with the bookkeeping rows among it
             try:
                 # One round trip: BEGIN, the timeouts, the statements, the bookkeeping rows
                 # and COMMIT go out together (pipeline mode, one Sync); results come back
                 # in order, and the server times the migration for the history row. Plain
                 # BEGIN/COMMIT, not conn.transaction(): that one syncs on entry and exit.
                 with self.conn.pipeline():
-                    self.conn.execute("BEGIN")
-                    for statement in self.set_local:
+                    leftovers = _LEFTOVERS if self.left_behind else ()
+                    for statement in ("BEGIN", *self.set_local, *leftovers):
                         self.conn.execute(statement)
-                    sent = [(st, self.conn.execute(st.sql)) for st in plan.statements]
-                    self._record(plan, way, None)
+                    for st in plan.statements:
+                        self._send(st.sql, sent)
+                    self._record(plan, way, None, after)
                     self.conn.execute("COMMIT")
+                self.left_behind = self._left_behind(after)
                 return _ms(started)
             except psycopg.Error as exc:
                 self._roll_back()
-                # The failing statement is the first without a result; the ones after it
-                # were skipped by the server.
-                current = next((st for st, cur in sent if cur.pgresult is None), None)
-                error = sql_error(plan, current, exc)
+                failed = _unanswered(sent)
+                current = plan.statements[failed] if failed < len(sent) else None
+                # The bookkeeping rows stand between the reset's two parts: when every
+                # statement but COMMIT answered, COMMIT failed (a deferred constraint).
+                whole_reset = len(self.reset) + len(_RESET_AFTER)
+                committing = (failed == len(plan.statements)
+                              and _unanswered(after) == len(after) == whole_reset)
+                at = AT_COMMIT if committing else AT_BOOKKEEPING
+                error = sql_error(plan, current, exc, at)
                 self._audit_failure(plan, way, _ms(started), error["message"])
-                if exc.sqlstate in RETRYABLE and attempt <= self.settings.ddl_lock_retries:
+                retry = attempt <= self.settings.ddl_lock_retries
+                if exc.sqlstate in RETRYABLE:
+                    # Who held the lock, as the watch last saw it (SPEC §9).
+                    blockers = (self.watch.blocked_by() if retry and self.watch
+                                else self._watch_end())
+                    if blockers:
+                        error["blocked_by"] = blockers
+                if exc.sqlstate in RETRYABLE and retry:
                     delay = min(0.5 * 2 ** (attempt - 1), 15.0) * random.uniform(0.5, 1.5)
                     self.log.warning("migration_lock_retry", **as_fields(m), attempt=attempt,
                                      retries=self.settings.ddl_lock_retries,
                                      delay_s=round(delay, 3), sqlstate=exc.sqlstate,
-                                     reason=RETRYABLE[exc.sqlstate], direction=way.audit)
+                                     reason=RETRYABLE[exc.sqlstate], direction=way.audit,
+                                     **({"blocked_by": error["blocked_by"]}
+                                        if "blocked_by" in error else {}))
                     time.sleep(delay)
                     continue
                 self._fail(error, way, attempts=attempt)
@@ -152,12 +258,18 @@ class Applier:
 
     def _no_transaction(self, plan: Plan, way: Direction) -> int:
         m = plan.migration
+        if self.left_behind:  # by the file before, and not yet cleared
+            with self.conn.transaction(), self.conn.pipeline():
+                for statement in _LEFTOVERS:
+                    self.conn.execute(statement)
+            self.left_behind = False
         if way is UP:
             self.tables.mark_started(self.conn, m)
         else:
             self.tables.mark_failed(self.conn, m.version)
         started = time.monotonic()
         current: Statement | None = None
+        at = AT_BOOKKEEPING
         done = 0  # statements completed before the one that failed
         try:
             if self.settings.statement_timeout > 0:
@@ -169,7 +281,7 @@ class Applier:
             current = None
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
-            error = sql_error(plan, current, exc)
+            error = sql_error(plan, current, exc, at)
             self._audit_failure(plan, way, _ms(started), error["message"])
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
@@ -177,8 +289,17 @@ class Applier:
             self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
         ms = _ms(started)
-        with self.conn.transaction(), self.conn.pipeline():
-            self._record(plan, way, ms)
+        try:
+            with self.conn.transaction(), self.conn.pipeline():
+                for statement in _LEFTOVERS:
+                    self.conn.execute(statement)
+                self._record(plan, way, ms)
+            self.left_behind = False
+        except psycopg.Error as exc:
+            error = sql_error(plan, None, exc, at)
+            self._audit_failure(plan, way, ms, error["message"])
+            self._fail(error, way, partial=True, completed=done,
+                       statements=len(plan.statements))
         return ms
 
     def _roll_back(self) -> None:
@@ -191,19 +312,32 @@ class Applier:
             self.log.warning("rollback_failed", message=str(exc).strip())
 
     def _audit_failure(self, plan: Plan, way: Direction, ms: int, message: str) -> None:
-        """Written after the rollback, in its own transaction, so it survives."""
+        """Written after the rollback, in its own transaction, so it survives; after a
+        session reset, so neither a no-transaction file's leftovers nor what a rollback
+        does not undo decide who writes it."""
         try:
-            self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False, message)
+            with self.conn.transaction(), self.conn.pipeline():
+                for statement in (*self.reset, *_RESET_AFTER, *_LEFTOVERS):
+                    self.conn.execute(statement)
+                self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False,
+                                      message)
+            self.left_behind = False
         except psycopg.Error as exc:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
 
+    def _watch_end(self) -> list[dict[str, Any]]:
+        """The watch stops reporting this migration; the last blockers it saw."""
+        return self.watch.end() if self.watch else []
+
     def _fail(self, error: dict[str, Any], way: Direction, **extra: Any) -> NoReturn:
+        self._watch_end()  # nothing about this migration after its failure is logged
         # `migration_failed` for a rollback file too (direction: down): an alert on that
         # event must not miss a failed rollback.
         self.log.error("migration_failed", **error, direction=way.audit, **extra)
-        where = f"{error['file']}:{error['line']}:{error['column']}"
-        text = f"{where}: {error['message']} (SQLSTATE {error['sqlstate']})"
+        text = f"{where(error)}: {error['message']} (SQLSTATE {error['sqlstate']})"
+        if error.get("blocked_by"):
+            text += f"; blocked by {describe_blockers(error['blocked_by'])}"
         if extra.get("partial"):
             text += (f"; statements completed before it: {extra['completed']} of "
                      f"{extra['statements']}; " + way.partial.format(version=error["version"]))

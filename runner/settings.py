@@ -124,6 +124,8 @@ SPECS = [
          "POST a Slack-compatible JSON message here on failure"),
     Spec("webhook_timeout", "MIGRATE_WEBHOOK_TIMEOUT", "--webhook-timeout", parse_duration, 5.0,
          "how long the failure webhook may take"),
+    Spec("progress_interval", "MIGRATE_PROGRESS_INTERVAL", "--progress-interval", parse_duration,
+         10.0, "how often a running migration logs migration_progress (0: never)"),
 ]
 _BOOL_FLAGS = {"allow_out_of_order", "strict"}
 
@@ -151,6 +153,7 @@ class Settings:
     metrics_file: str | None
     webhook_url: str | None
     webhook_timeout: float
+    progress_interval: float
 
     @property
     def migrations_path(self) -> Path:

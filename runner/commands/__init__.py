@@ -10,8 +10,10 @@ from runner import files, log
 from runner.database import Connection, backend_pid, connect, server_version
 from runner.errors import ConfigError, ValidationError
 from runner.history import Applied, Comparison, History, NativeHistory, as_fields, compare
+from runner.live import live_status
 from runner.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
+from runner.watch import Watch
 
 
 def history_for(settings: Settings) -> History:
@@ -70,6 +72,21 @@ class Session:
         anything."""
         if backend_pid(self.work) != self._work_pid:
             raise ConfigError(POOLER_MESSAGE)
+
+    @contextmanager
+    def watching(self) -> Iterator[Watch]:
+        """The watch of the work connection from the lock connection (SPEC §9), stopped
+        before the lock is released whatever ends the block."""
+        work = self.work
+        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)
+        work.add_notice_handler(watch.notice)
+        watch.start()
+        try:
+            with live_status(self.settings, watch):
+                yield watch
+        finally:
+            watch.stop()
+            work.remove_notice_handler(watch.notice)
 
     def close(self) -> None:
         if self._work is not None:

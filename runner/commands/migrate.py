@@ -42,14 +42,15 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])
         if plans:
-            applier = Applier(session.work, history, settings)
-            for plan in plans:
-                try:
-                    applier.apply(plan)
-                except MigrationError as exc:
-                    if not applied and plan is plans[0]:
-                        raise built_by_hand(exc, settings) from None
-                    raise
+            with session.watching() as watch:
+                applier = Applier(session.work, history, settings, watch)
+                for plan in plans:
+                    try:
+                        applier.apply(plan)
+                    except MigrationError as exc:
+                        if not applied and plan is plans[0]:
+                            raise built_by_hand(exc, settings) from None
+                        raise
         logger.info("migrations_complete", applied=len(plans), pending_before=len(pending),
                     total=len(migrations), duration_ms=round((time.monotonic() - started) * 1000))
     return 0

@@ -80,9 +80,10 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         session.check_same_session()
         if plans:  # the app may have made the history without the audit table
             history.ensure(conn)
-        applier = Applier(conn, history, settings)
-        for plan in plans:
-            applier.revert(plan)
+        with session.watching() as watch:
+            applier = Applier(conn, history, settings, watch)
+            for plan in plans:
+                applier.revert(plan)
         undone = {p.migration.version for p in plans}
         remaining = max((v for v in applied if v not in undone), default=None)
         logger.info("rollback_complete", rolled_back=len(plans), now_at=remaining,
