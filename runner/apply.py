@@ -65,11 +65,11 @@ class Direction:
 
 UP = Direction("up", "migration_started", "migration_applied",
                "no-transaction migration stopped part-way: fix the database by hand, then "
-               "run `migration-runner repair --failed` (the file runs again), or, if you "
-               "finished it by hand, `migration-runner repair --mark-applied {version}`")
+               "run `{repair_failed}` (the file runs again), or, if you finished it by hand, "
+               "`{mark_applied}`")
 DOWN = Direction("down", "rollback_started", "rollback_applied",
                  "no-transaction rollback stopped part-way: finish undoing it by hand, then "
-                 "run `migration-runner repair --failed` (the migration then counts as not "
+                 "run `{repair_failed}` (the migration then counts as not "
                  "applied)")
 
 
@@ -340,5 +340,7 @@ class Applier:
             text += f"; blocked by {describe_blockers(error['blocked_by'])}"
         if extra.get("partial"):
             text += (f"; statements completed before it: {extra['completed']} of "
-                     f"{extra['statements']}; " + way.partial.format(version=error["version"]))
+                     f"{extra['statements']}; " + way.partial.format(
+                repair_failed=self.tables.cli("repair --failed"),
+                mark_applied=self.tables.cli(f"repair --mark-applied {error['version']}")))
         raise MigrationError(text, **error)

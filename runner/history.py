@@ -12,6 +12,7 @@ quoted: MIGRATE_SCHEMA may be any name, and a migration may leave its own search
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,6 +220,23 @@ class History:
                 return f"{name} holds {plural(found[0], 'row')} (newest version {found[1]})"
         return None
 
+    def cli(self, args: str) -> str:
+        """`migration-runner ARGS` with the flags of this history's format and schema, so a
+        fix the runner suggests works when pasted into a shell without the variables."""
+        flags = "" if self.format == "native" else f" --history-format {self.format}"
+        if self.schema != "public":
+            flags += f" --schema {shlex.quote(self.schema)}"
+        return f"migration-runner {args}{flags}"
+
+    def read_checked(self, conn: Connection, command: str) -> dict[int, Applied]:
+        """The history (`read_if_exists`), refused with a ValidationError when it is empty
+        beside the other format's rows: every command reads it this way, so none of them
+        reports "all pending" or "nothing to roll back" on a database the other one
+        migrated."""
+        applied = self.read_if_exists(conn)
+        self.refuse_beside_other(conn, applied, command)
+        return applied
+
     def refuse_beside_other(self, conn: Connection, applied: dict[int, Applied],
                             command: str) -> None:
         """SPEC §8: an empty history of ours beside the other format's rows is a database
@@ -325,15 +343,18 @@ class Comparison:
     eol_only: list[tuple[Migration, Applied]]  # stored checksum differs by line endings only
     local: dict[int, Migration] = field(default_factory=dict)  # the files, by version
 
-    def problems(self, strict: bool, allow_out_of_order: bool) -> list[str]:
+    def problems(self, strict: bool, allow_out_of_order: bool,
+                 cli: Callable[[str], str] = "migration-runner {}".format) -> list[str]:
+        """Every reason `migrate` refuses (SPEC §3); `cli` writes the fix's command line
+        (`History.cli`)."""
         found = [f"{named(a.version, a.description, self.local.get(a.version))}: failed "
                  "part-way (no-transaction migration); fix the database by hand, then run "
-                 "`migration-runner repair --failed` to run the file again, or `migration-runner "
-                 f"repair --mark-applied {a.version}` if you finished it by hand"
+                 f"`{cli('repair --failed')}` to run the file again, or "
+                 f"`{cli(f'repair --mark-applied {a.version}')}` if you finished it by hand"
                  for a in self.failed]
         found += [f"{m.file}: changed after it was applied (applied checksum {a.checksum}, "
-                  f"file checksum {m.checksum}); restore the file, or run `migration-runner "
-                  "repair --accept-checksums` if the edit is intended"
+                  f"file checksum {m.checksum}); restore the file, or run "
+                  f"`{cli('repair --accept-checksums')}` if the edit is intended"
                   for m, a in self.changed]
         if self.missing and (self.pending or strict):
             one = len(self.missing) == 1

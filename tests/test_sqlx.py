@@ -181,11 +181,19 @@ def test_no_transaction_file_failing_part_way_leaves_a_dirty_row(
     folder = migrations({
         "1_a.sql": "CREATE TABLE a (id int);\n",
         "2_idx.sql": "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON a (nope);\n"})
-    assert migrate(db, folder).code == 1
+    failed = migrate(db, folder)
+    assert failed.code == 1
     assert db.query("SELECT version, success FROM _sqlx_migrations ORDER BY 1") == [
         (1, True), (2, False)]
     with pytest.raises(oracle.Dirty):
         oracle.run(db.url, folder)
+    # Every fix the runner suggests names the format, so it works pasted into a shell.
+    assert ("`migration-runner repair --failed --history-format sqlx`"
+            in failed.event("run_failed")["error"])
+    again = migrate(db, folder)
+    assert again.code == 5
+    assert ("`migration-runner repair --mark-applied 2 --history-format sqlx`"
+            in again.event("run_failed")["error"])
 
 
 # --- the guard ------------------------------------------------------------------------------
@@ -211,6 +219,38 @@ def test_native_format_refuses_a_database_the_app_migrated(
     assert validate.code == 5 and "MIGRATE_HISTORY_FORMAT=sqlx" in validate.stdout
     assert db.scalar("SELECT count(*) FROM _sqlx_migrations") == 4
     assert db.scalar("SELECT count(*) FROM pg_class") <= objects + 4  # at most empty tables
+
+
+READERS = [["status"], ["status", "--json"], ["status", "--exit-code"], ["rollback"],
+           ["rollback", "--dry-run"], ["rollback", "--to", "0"], ["repair", "--failed"],
+           ["repair", "--mark-applied", "20240102000000"]]
+
+
+def test_every_command_refuses_a_history_it_does_not_read(
+        db: Db, migrations: Files, tmp_path: Path) -> None:
+    """The guard of `migrate` holds for every command that reads the history: none may
+    report "all pending" or "nothing to roll back" from the wrong table (either way)."""
+    folder = migrations(APP)
+    assert len(oracle.run(db.url, folder)) == 4
+    before = rows(db)
+    for command in READERS:
+        result = run(db.url, folder, *command)
+        assert result.code == 5, (command, result.stderr)
+        assert "MIGRATE_HISTORY_FORMAT=sqlx" in result.event("run_failed")["error"], command
+    assert rows(db) == before
+
+    # The other way round: a native history, read in the sqlx format.
+    other = tmp_path / "native"
+    other.mkdir()
+    (other / "001_a.up.sql").write_text("CREATE TABLE a (id int);\n")
+    (other / "001_a.down.sql").write_text("DROP TABLE a;\n")
+    db.execute("DROP TABLE _sqlx_migrations")
+    assert run(db.url, other).code == 0
+    for command in READERS[:6]:
+        result = migrate(db, other, *command)
+        assert result.code == 5, (command, result.stderr)
+        assert "migration_history" in result.event("run_failed")["error"], command
+    assert db.table_exists("public.a")
 
 
 def test_baseline_moves_a_native_database_to_sqlx(db: Db, migrations: Files) -> None:

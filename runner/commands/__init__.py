@@ -118,10 +118,10 @@ def read_state(history: History, applied: dict[int, Applied],
                to: int | None = None) -> State:
     """History against the files; a ValidationError for anything SPEC §3 refuses."""
     comparison = compare(migrations, applied, history.eol_only)
-    problems = comparison.problems(settings.strict, settings.allow_out_of_order)
+    problems = comparison.problems(settings.strict, settings.allow_out_of_order, history.cli)
     if problems:
         raise ValidationError(problems)
-    warn_eol_only(comparison)
+    warn_eol_only(comparison, history)
     if comparison.missing:
         log.get().warning("database_ahead", versions=[a.version for a in comparison.missing],
                           message="applied versions have no file here (a newer image ran); "
@@ -131,12 +131,12 @@ def read_state(history: History, applied: dict[int, Applied],
     return State(migrations, comparison)
 
 
-def warn_eol_only(comparison: Comparison) -> None:
+def warn_eol_only(comparison: Comparison, history: History) -> None:
     """SPEC §8: not an edit, but the app, which hashes the raw bytes, will refuse it."""
     for m, a in comparison.eol_only:
         log.get().warning("checksum_eol_only", **as_fields(m), applied_checksum=a.checksum,
                           file_checksum=m.checksum,
                           message="the file differs from the applied one only in line endings "
                                   "or a BOM; the app (sqlx) will refuse it: restore the "
-                                  "file's line endings, or run `migration-runner repair "
-                                  "--accept-checksums`")
+                                  "file's line endings, or run "
+                                  f"`{history.cli('repair --accept-checksums')}`")

@@ -25,8 +25,7 @@ def baseline(settings: Settings, to: int) -> int:
     chosen = [m for m in migrations if m.version <= to]
     with locked(settings, history) as session:
         conn = session.work
-        applied = history.read_if_exists(conn)
-        history.refuse_beside_other(conn, applied, "baseline")
+        applied = history.read_checked(conn, "baseline")
         history.ensure(conn)
         if applied:
             raise ValidationError([

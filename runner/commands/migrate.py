@@ -8,7 +8,7 @@ from runner import log, statements
 from runner.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state
 from runner.errors import MigrationError
-from runner.history import plural
+from runner.history import History, plural
 from runner.settings import Settings
 
 
@@ -22,16 +22,14 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
     migrations = history.load(settings.migrations_path)
     if dry_run:
         with read_only(settings, "dry-run") as conn:
-            applied = history.read_if_exists(conn)
-            history.refuse_beside_other(conn, applied, "migrate")
+            applied = history.read_checked(conn, "migrate")
             state = read_state(history, applied, migrations, settings, to)
         print_plan(history.plan(state.comparison.pending))
         return 0
     with locked(settings, history) as session:
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
-        applied = history.read_if_exists(session.lock.conn)
-        history.refuse_beside_other(session.lock.conn, applied, "migrate")
+        applied = history.read_checked(session.lock.conn, "migrate")
         pending = read_state(history, applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
         if pending or not applied:  # an empty history: the tables may be missing too
@@ -49,7 +47,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
                         applier.apply(plan)
                     except MigrationError as exc:
                         if not applied and plan is plans[0]:
-                            raise built_by_hand(exc, settings) from None
+                            raise built_by_hand(exc, history) from None
                         raise
         logger.info("migrations_complete", applied=len(plans), pending_before=len(pending),
                     total=len(migrations), duration_ms=round((time.monotonic() - started) * 1000))
@@ -65,22 +63,18 @@ ALREADY_EXISTS = {"42701": "duplicate_column", "42P04": "duplicate_database",
                   "42P07": "duplicate_table", "42710": "duplicate_object"}
 
 
-def built_by_hand(exc: MigrationError, settings: Settings) -> MigrationError:
+def built_by_hand(exc: MigrationError, history: History) -> MigrationError:
     """The first file of an empty history failing on an object that already exists: the
     database was most likely built before the runner (psql, an init script), and
     `baseline` is how the runner adopts it. Other failures are returned unchanged."""
     if exc.fields.get("sqlstate") not in ALREADY_EXISTS:
         return exc
-    flags = "" if settings.history_format == "native" else (
-        f" --history-format {settings.history_format}")
-    if settings.schema != "public":
-        flags += f" --schema {settings.schema}"
     return MigrationError(
         f"{exc.message}; the history is empty but the database already has this object, "
         "so it was probably built without the runner (psql, an init script): record the "
-        "migrations it already has without running them, with `migration-runner baseline "
-        f"--to V{flags}` where V is the last version the database already has, then run "
-        "migrate again", **exc.fields, fix="baseline")
+        "migrations it already has without running them, with "
+        f"`{history.cli('baseline --to V')}` where V is the last version the database "
+        "already has, then run migrate again", **exc.fields, fix="baseline")
 
 
 def print_plan(plans: list[statements.Plan], empty: str = "nothing to apply") -> None:

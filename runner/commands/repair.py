@@ -34,7 +34,7 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
     by_version = {m.version: m for m in folder.migrations}
     with locked(settings, history) as session:
         conn = session.work
-        applied = history.read_if_exists(conn)
+        applied = history.read_checked(conn, "repair")
         mark = None
         if mark_applied is not None:
             mark = by_version.get(mark_applied)

@@ -38,8 +38,9 @@ def check(history: History, chosen: list[Applied], applied: dict[int, Applied],
     by_version = {m.version: m for m in migrations}
     problems = [f"{named(a.version, a.description, by_version.get(a.version))}: failed "
                 "part-way (no-transaction migration); fix the database by hand and run "
-                "`migration-runner repair --failed` or `migration-runner repair --mark-applied "
-                f"{a.version}` first" for a in applied.values() if a.status == "failed"]
+                f"`{history.cli('repair --failed')}` or "
+                f"`{history.cli(f'repair --mark-applied {a.version}')}` first"
+                for a in applied.values() if a.status == "failed"]
     needed: list[files.Migration] = []
     for a in chosen:
         m = by_version.get(a.version)
@@ -68,13 +69,13 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
     migrations = history.load(settings.migrations_path)
     if dry_run:  # the same checks, on a read-only connection without the lock
         with read_only(settings, "dry-run") as conn:
-            applied = history.read_if_exists(conn)
+            applied = history.read_checked(conn, "rollback")
             plans = check(history, targets(applied, steps, to), applied, migrations)
         print_plan(plans, empty="nothing to roll back")
         return 0
     with locked(settings, history) as session:
         conn = session.work
-        applied = history.read_if_exists(conn)
+        applied = history.read_checked(conn, "rollback")
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
         session.check_same_session()

@@ -122,11 +122,11 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     chatter = "debug" if settings.log_format == "console" and not as_json else "info"
     with read_only(settings, "status", level=chatter) as conn:
         try:
-            applied = history.read_if_exists(conn)
+            applied = history.read_checked(conn, "status")
         except psycopg.errors.InsufficientPrivilege as exc:
             raise not_allowed(conn, history, exc) from None
     comparison = compare(folder.migrations, applied, history.eol_only)
-    warn_eol_only(comparison)
+    warn_eol_only(comparison, history)
     rows = classify(folder.migrations, applied, {m.version for m, _ in comparison.eol_only})
     if as_json:
         print(json.dumps(document(rows), indent=2))

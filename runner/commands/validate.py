@@ -36,8 +36,9 @@ def validate(settings: Settings, offline: bool) -> int:
             except ValidationError as exc:
                 problems += exc.problems
         comparison = compare(folder.migrations, applied, history.eol_only)
-        warn_eol_only(comparison)
-        problems += comparison.problems(settings.strict, settings.allow_out_of_order)
+        warn_eol_only(comparison, history)
+        problems += comparison.problems(settings.strict, settings.allow_out_of_order,
+                                        history.cli)
         if comparison.missing and not comparison.pending and not settings.strict:
             log.get().warning("database_ahead",
                               versions=[a.version for a in comparison.missing],
