@@ -18,6 +18,9 @@ from runner.errors import ValidationError
 _NAME = re.compile(r"(?P<version>[0-9]{1,18})_(?P<desc>[A-Za-z0-9_-]+?)"
                    r"(?P<kind>_rollback|\.up|\.down)?\.sql")
 BOM = "\ufeff"
+# The line `new` writes in a forward file's header. Where a file of comments only is a
+# valid no-op (the sqlx format), a file still holding it has simply not been written yet.
+UNWRITTEN = "TODO: say what this changes and why."
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,13 @@ def lex(migrations: list[Migration], forward: bool
     problems += found
     for plan in plans:
         name = plan.migration.file
+        if not plan.statements and files.UNWRITTEN in plan.migration.text:
+            bad.add(name)
+            problems.append(
+                f"{name}: still only the header `new` wrote; write its SQL (a file of "
+                "comments only would be recorded as applied, and its SQL never run once "
+                f"written), or, to keep it as a deliberate no-op, delete the line "
+                f"`{files.UNWRITTEN}`")
         if plan.wrapped or (not plan.transactional and len(plan.statements) > 1):
             bad.add(name)
         if plan.wrapped:

@@ -485,3 +485,21 @@ def test_commands_that_write_after_the_app_made_the_history(db: Db, migrations: 
     assert back.code == 0, back.stderr
     assert db.scalar("SELECT count(*) FROM public.migration_audit WHERE direction = 'down' "
                      "AND success") == 1
+
+
+def test_a_file_new_wrote_is_not_applied_as_an_empty_migration(
+        db: Db, migrations: Files) -> None:
+    """In the sqlx format a file of comments only is a valid no-op; one that still holds
+    the header `new` wrote has just not been written yet: recorded as applied, its SQL
+    would never run."""
+    folder = migrations({"001_a.up.sql": "CREATE TABLE a (id int);\n",
+                         "001_a.down.sql": "DROP TABLE a;\n"})
+    made = migrate(db, folder, "new", "add_notes")
+    assert made.code == 0, made.stderr
+    result = migrate(db, folder)
+    assert result.code == 5, result.stderr
+    assert "002_add_notes.up.sql: still only the header `new` wrote" in result.stderr
+    assert not db.table_exists("public._sqlx_migrations") or db.scalar(
+        "SELECT count(*) FROM _sqlx_migrations") == 0
+    offline = migrate(db, folder, "validate", "--offline")
+    assert offline.code == 5 and "002_add_notes.up.sql: still only the header" in offline.stdout

@@ -29,7 +29,7 @@ MAX_DESCRIPTION = 200
 _FORWARD = """\
 -- {forward}
 -- Purpose:    {purpose}
---             TODO: say what this changes and why.
+--             {unwritten}
 -- Depends on: {depends}
 -- Rollback:   {rollback}
 --
@@ -128,7 +128,8 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
                     if v < version and kind in ("", ".up")), default=None)
     fields = {"forward": forward, "rollback": rollback, "directive": suffixes[2],
               "purpose": description.replace("_", " ").replace("-", " "),
-              "depends": previous[1] if previous else "nothing (first migration)"}
+              "depends": previous[1] if previous else "nothing (first migration)",
+              "unwritten": files.UNWRITTEN}
     written: list[Path] = []
     try:
         for name, template in ((forward, _FORWARD), (rollback, _ROLLBACK)):
