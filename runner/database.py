@@ -35,7 +35,7 @@ def transient_reason(exc: BaseException) -> str | None:
 def _wait_within(timeout: float) -> Any:
     """Exponential backoff with jitter, the last sleep cut to the time left, so the last
     attempt is made at the deadline rather than one backoff step before it."""
-    backoff = wait_exponential_jitter(initial=0.2, max=5, jitter=0.3)
+    backoff = wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.3)
 
     def wait(state: RetryCallState) -> float:
         left = timeout - (state.seconds_since_start or 0.0)
