@@ -205,9 +205,9 @@ class History:
         conn.execute(self._audit_row, (m.version, m.description, direction, m.checksum, ms,
                                        success, error, self.host))
 
-    def other_history(self, conn: Connection) -> str | None:
-        """When the other format's table holds rows: what it holds; else None. Read-only.
-        "" as schema: MIGRATE_SCHEMA."""
+    def other_history(self, conn: Connection) -> tuple[str, int] | None:
+        """When the other format's table holds rows: what it holds, and its newest
+        version; else None. Read-only. "" as schema: MIGRATE_SCHEMA."""
         for schema, table in self.other_tables:
             name = sql.Identifier(schema or self.schema, table).as_string(conn)
             row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
@@ -217,7 +217,13 @@ class History:
             found = conn.execute(sql.SQL("SELECT pg_catalog.count(*), pg_catalog.max(version) "
                                          "FROM {}").format(sql.SQL(name))).fetchone()
             if found and found[0]:
-                return f"{name} holds {plural(found[0], 'row')} (newest version {found[1]})"
+                return (f"{name} holds {plural(found[0], 'row')} (newest version {found[1]})",
+                        int(found[1]))
+        return None
+
+    def retire_other(self, conn: Connection) -> str | None:
+        """After `baseline` moved a database to this format: keep the other format's
+        history out of every later run's way (see SqlxHistory); the name it now has."""
         return None
 
     def cli(self, args: str) -> str:
@@ -245,10 +251,12 @@ class History:
             return
         other = self.other_history(conn)
         if other:
+            what, newest = other
+            fix = self.other_fix.format(baseline=self.cli(f"baseline --to {newest}"))
             raise ValidationError([
                 f"{command} refused: {self.history.as_string(conn)} is empty or missing, but "
-                f"{other}: the database was migrated with the other history format, which "
-                f"MIGRATE_HISTORY_FORMAT={self.format} does not read; {self.other_fix}. "
+                f"{what}: the database was migrated with the other history format, which "
+                f"MIGRATE_HISTORY_FORMAT={self.format} does not read; {fix}. "
                 "Nothing was changed"])
 
 

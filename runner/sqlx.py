@@ -18,6 +18,7 @@ from psycopg import sql
 
 from runner import log, sqlx_files, statements
 from runner.database import Connection
+from runner.errors import ValidationError
 from runner.files import Folder, Migration
 from runner.history import Applied, History
 
@@ -46,8 +47,9 @@ class SqlxHistory(History):
     format = "sqlx"
     table = "_sqlx_migrations"
     other_tables = (("", "migration_history"),)
-    other_fix = ("run `migration-runner baseline --to V` in the sqlx format to move that "
-                 "database to it, or set MIGRATE_HISTORY_FORMAT=native")
+    other_fix = ("run `{baseline}` to move that database to the sqlx format, or set "
+                 "MIGRATE_HISTORY_FORMAT=native")
+    RETIRED = "migration_history_before_sqlx"
     baseline_over_other = True  # baseline is how a native database moves to sqlx
 
     def __init__(self, schema: str) -> None:
@@ -124,3 +126,24 @@ class SqlxHistory(History):
             "installed_on = pg_catalog.now() WHERE version = %s AND NOT success").format(
             self.history), (bytes.fromhex(m.checksum), m.description, m.version))
         return cur.rowcount == 1
+
+    def retire_other(self, conn: Connection) -> str | None:
+        """Rename a native `migration_history` out of the way once `baseline` has moved its
+        versions here: left as it was, a run that forgets MIGRATE_HISTORY_FORMAT=sqlx
+        would read it, find the newer files pending and apply them a second time. Kept,
+        not dropped: it is the record of what ran before the move. In the caller's
+        transaction; a ValidationError when the new name is taken."""
+        old = sql.Identifier(self.schema, "migration_history")
+        new = sql.Identifier(self.schema, self.RETIRED)
+        row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL, "
+                           "pg_catalog.to_regclass(%s) IS NOT NULL",
+                           (old.as_string(conn), new.as_string(conn))).fetchone()
+        if not (row and row[0]):
+            return None
+        if row[1]:
+            raise ValidationError([
+                f"baseline refused: {old.as_string(conn)} would be renamed "
+                f"{new.as_string(conn)}, which exists already; drop or rename one of them"])
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            old, sql.Identifier(self.RETIRED)))
+        return new.as_string(conn)

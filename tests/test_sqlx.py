@@ -258,14 +258,30 @@ def test_baseline_moves_a_native_database_to_sqlx(db: Db, migrations: Files) -> 
     assert run(db.url, folder).code == 0  # native format
     refused = migrate(db, folder)  # sqlx format would apply everything again
     assert refused.code == 5
-    assert 'migration_history" holds 3 rows' in refused.event("run_failed")["error"]
+    error = refused.event("run_failed")["error"]
+    assert 'migration_history" holds 3 rows' in error
+    # The fix, ready to paste: the real version, the format flag.
+    assert "`migration-runner baseline --to 20240103000000 --history-format sqlx`" in error
 
     moved = migrate(db, folder, "baseline", "--to", "20240103000000")
     assert moved.code == 0, moved.stderr
+    assert moved.event("history_retired")["renamed_to"] == '"public".' \
+        '"migration_history_before_sqlx"'
     assert oracle.run(db.url, folder) == []
     assert rows(db) == [(m.version, m.description, True, m.checksum, True)
                         for m in oracle.resolve(folder) if m.kind != "down"]
     assert migrate(db, folder, "baseline", "--to", "20240103000000").code == 5
+
+    # A later run that forgets the setting must not read the old history, where a new
+    # file would be pending and run a second time.
+    (folder / "20240105000000_count.sql").write_text("INSERT INTO users VALUES (9);\n")
+    assert migrate(db, folder).code == 0
+    for command in (["migrate"], ["status", "--exit-code"], ["rollback", "--dry-run"]):
+        forgot = run(db.url, folder, *command)
+        assert forgot.code == 5, (command, forgot.stderr)
+        assert "MIGRATE_HISTORY_FORMAT=sqlx" in forgot.event("run_failed")["error"]
+    assert db.scalar("SELECT count(*) FROM users WHERE id = 9") == 1
+    assert db.scalar("SELECT count(*) FROM migration_history_before_sqlx") == 3
 
 
 # --- the folder as sqlx reads it ----------------------------------------------------------
@@ -503,3 +519,15 @@ def test_a_file_new_wrote_is_not_applied_as_an_empty_migration(
         "SELECT count(*) FROM _sqlx_migrations") == 0
     offline = migrate(db, folder, "validate", "--offline")
     assert offline.code == 5 and "002_add_notes.up.sql: still only the header" in offline.stdout
+
+
+def test_status_exit_code_is_5_when_migrate_would_refuse_a_pending_file(
+        db: Db, migrations: Files) -> None:
+    folder = migrations({"001_a.up.sql": "CREATE TABLE a (id int);\n",
+                         "001_a.down.sql": "DROP TABLE a;\n"})
+    assert migrate(db, folder).code == 0
+    assert migrate(db, folder, "new", "add_notes").code == 0
+    assert migrate(db, folder).code == 5  # the header `new` wrote is no migration yet
+    assert migrate(db, folder, "status", "--exit-code").code == 5
+    (folder / "002_add_notes.up.sql").write_text("CREATE TABLE notes (id int);\n")
+    assert migrate(db, folder, "status", "--exit-code").code == 6

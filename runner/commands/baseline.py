@@ -37,6 +37,11 @@ def baseline(settings: Settings, to: int) -> int:
             for m in chosen:
                 history.record_applied(conn, m, 0)
                 history.audit_row(conn, m, "baseline", 0, True)
+            retired = history.retire_other(conn)
+        if retired:
+            logger.warning("history_retired", renamed_to=retired,
+                           message="the other format's history, renamed so that no later "
+                                   "run reads it; kept as the record of what ran before")
         for m in chosen:
             logger.info("migration_baselined", **as_fields(m))
         logger.info("baseline_complete", recorded=len(chosen), to=to,

@@ -111,7 +111,8 @@ def table(rows: list[Row], color: bool) -> str:
 
 def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     """Exit 0, or with `exit_code`: 5 when `migrate` would refuse to run (a failed row, a
-    changed file, out of order, a divergent history), 6 when it would apply something,
+    changed file, out of order, a divergent history, a pending file it cannot run), 6
+    when it would apply something,
     0 when it would do nothing. A role that may not read the history: ConfigError (2)."""
     history = history_for(settings)
     folder = history.read_folder(settings.migrations_path)
@@ -135,7 +136,8 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     getattr(log.get(), chatter)("status_read", **summary(rows))
     if not exit_code:
         return 0
-    if comparison.problems(settings.strict, settings.allow_out_of_order):
+    if (comparison.problems(settings.strict, settings.allow_out_of_order)
+            or history.lex(comparison.pending)[1]):
         return VALIDATION
     return PENDING if comparison.pending else 0
 

@@ -32,7 +32,7 @@ def validate(settings: Settings, offline: bool) -> int:
         with read_only(settings, "validate") as conn:
             applied = history.read_if_exists(conn)
             try:  # what `migrate` would refuse first (SPEC §8)
-                history.refuse_beside_other(conn, applied, "migrate")
+                history.refuse_beside_other(conn, applied, "validate")
             except ValidationError as exc:
                 problems += exc.problems
         comparison = compare(folder.migrations, applied, history.eol_only)
