@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 from psycopg import sql
@@ -50,7 +50,9 @@ from runner.history import History, as_fields
 from runner.settings import Settings
 from runner.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.statements import Plan, Statement
-from runner.watch import Watch, describe_blockers
+
+if TYPE_CHECKING:
+    from runner.watch import Watch
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
 
@@ -337,6 +339,8 @@ class Applier:
         self.log.error("migration_failed", **error, direction=way.audit, **extra)
         text = f"{where(error)}: {error['message']} (SQLSTATE {error['sqlstate']})"
         if error.get("blocked_by"):
+            from runner.watch import describe_blockers
+
             text += f"; blocked by {describe_blockers(error['blocked_by'])}"
         if extra.get("partial"):
             text += (f"; statements completed before it: {extra['completed']} of "

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner import directives, plpgsql, transaction_block
 from runner.errors import ValidationError
 from runner.files import Migration, read_rollback
+
+if TYPE_CHECKING:
+    from runner import plpgsql
 
 DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
 _NEEDS_NEW_FILE = "; move it to its own file whose first line is `-- migrate:no-transaction`"
@@ -117,6 +119,8 @@ def _copy_before(f: _File, prefix: str) -> None:
     data: name the COPY, not only the first data line, when the lines before parse."""
     from pglast.parser import ParseError, parse_sql_json
 
+    from runner import transaction_block
+
     try:
         tree = json.loads(parse_sql_json(prefix))
     except ParseError:
@@ -137,6 +141,8 @@ def _stream_problem(stream: str) -> str:
 def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
     """Every statement against how it will run: in the file's transaction, or on its own
     in autocommit (`-- migrate:no-transaction`)."""
+    from runner import plpgsql, transaction_block
+
     subs = transaction_block.Subscriptions()
     procs = plpgsql.Procedures()
     for node, offset, length in nodes:
@@ -168,6 +174,8 @@ def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: in
                       sql: str) -> None:
     """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL reaches:
     refused in a transaction with 2D000 at run time."""
+    from runner import plpgsql
+
     fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
            "invalid transaction termination)" + _NEEDS_NEW_FILE)
     if (target := plpgsql.called(node)) is not None:
@@ -195,8 +203,11 @@ def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: in
 
 def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
     # The parser's JSON, not pglast's Python node objects: the same grammar and checks
-    # at a fraction of the cost (no object per parse-tree node).
+    # at a fraction of the cost (no object per parse-tree node). These modules, like
+    # pglast, only when a file is lexed: a pod start with nothing pending pays for none.
     from pglast.parser import ParseError, parse_sql_json
+
+    from runner import directives
 
     f = _File(m)
     text = m.text

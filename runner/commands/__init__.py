@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runner import files, log
 from runner.database import Connection, backend_pid, connect, server_version
 from runner.errors import ConfigError, ValidationError
 from runner.history import Applied, Comparison, History, NativeHistory, as_fields, compare
-from runner.live import live_status
 from runner.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
-from runner.watch import Watch
+
+if TYPE_CHECKING:
+    from runner.watch import Watch
 
 
 def history_for(settings: Settings) -> History:
@@ -76,7 +78,11 @@ class Session:
     @contextmanager
     def watching(self) -> Iterator[Watch]:
         """The watch of the work connection from the lock connection (SPEC §9), stopped
-        before the lock is released whatever ends the block."""
+        before the lock is released whatever ends the block. Imported here: only a run
+        with something to apply watches."""
+        from runner.live import live_status
+        from runner.watch import Watch
+
         work = self.work
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)
         work.add_notice_handler(watch.notice)
