@@ -13,9 +13,11 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from runner import __version__, conninfo, log, metrics, notify
+from runner import __version__
 from runner.errors import CONFIG, ConfigError, Interrupted, RunnerError
-from runner.history import client_host
+from runner.histories.history import client_host
+from runner.output import log, metrics, notify
+from runner.session import conninfo
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
 
 Handler = Callable[[Settings, argparse.Namespace], int]

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner.lock import lock_key
+from runner.session.lock import lock_key
 from tests.conftest import ROOT, Db, run, runner_cmd, runner_env
 from tests.pg import bindir
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import directives, files, statements
 from runner.errors import ValidationError
+from runner.folder import directives, files, statements
 
 # (directive as its tool's documentation writes it, tool): each changes what runs or how.
 FOREIGN = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import files
+from runner.folder import files
 from tests.conftest import ROOT, Db, Result, run
 from tests.pg import bindir
 

@@ -104,7 +104,7 @@ def test_sigterm_during_long_statement_rolls_back_and_exits_143(
 def test_sigint_while_waiting_for_lock_exits_130(db: Db, migrations: Files) -> None:
     folder = migrations({"1_a.sql": "CREATE TABLE a (id int);"})
     with db.connect() as holder:
-        from runner.lock import lock_key
+        from runner.session.lock import lock_key
 
         holder.execute("SELECT pg_advisory_lock(%s)", (lock_key(db.name, "public"),))
         runner = Runner(db.url, folder)
@@ -119,7 +119,7 @@ def test_sigint_while_waiting_for_lock_exits_130(db: Db, migrations: Files) -> N
 def test_lock_timeout_exit_4_names_holder(db: Db, migrations: Files) -> None:
     folder = migrations({"1_a.sql": "CREATE TABLE a (id int);"})
     with db.connect() as holder:
-        from runner.lock import lock_key
+        from runner.session.lock import lock_key
 
         holder.execute("SET application_name = 'stuck-job'")
         holder.execute("SELECT pg_advisory_lock(%s)", (lock_key(db.name, "public"),))

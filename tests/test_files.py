@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import files, statements
 from runner.errors import ValidationError
+from runner.folder import files, statements
 
 
 def write(folder: Path, content: dict[str, str | bytes]) -> Path:

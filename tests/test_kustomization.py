@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import kustomization
+from runner.folder import kustomization
 from tests.conftest import run
 
 Files = Callable[..., Path]

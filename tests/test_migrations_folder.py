@@ -15,7 +15,7 @@ import re
 import pglast
 import pytest
 
-from runner import kustomization
+from runner.folder import kustomization
 from tests.conftest import ROOT, run
 
 MIGRATIONS = ROOT / "migrations"

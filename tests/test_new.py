@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import files, kustomization
+from runner.folder import files, kustomization
 from tests.conftest import ROOT, run
 
 Files = Callable[..., Path]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runner import log
+from runner.output import log
 from tests.conftest import ROOT, Db, run
 
 Files = Callable[[dict[str, str | bytes]], Path]

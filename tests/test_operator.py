@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runner.lock import lock_key
+from runner.session.lock import lock_key
 from tests import sqlx_oracle as oracle
 from tests.conftest import ROOT, Db, run, runner_cmd, runner_env
 

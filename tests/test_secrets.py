@@ -197,7 +197,8 @@ def test_internal_error_traceback_and_termination_are_scrubbed(
         tmp_path: Path) -> None:
     """A bug whose exception quotes the password: the traceback is rendered before the
     scrubber sees the event, and the termination message is scrubbed too."""
-    from runner import cli, conninfo
+    from runner import cli
+    from runner.session import conninfo
 
     monkeypatch.setattr(conninfo, "_secrets", set())
 
@@ -220,7 +221,7 @@ def test_internal_error_traceback_and_termination_are_scrubbed(
 def test_scrub_hides_secrets_bare_and_other_values_only_as_libpq_quotes_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`sslmode=require` (every RDS URL) must not blank "require" in every message."""
-    from runner import conninfo
+    from runner.session import conninfo
 
     monkeypatch.setattr(conninfo, "_secrets", set())
     url = f"postgresql://app:{HEAD}%40{TAIL}@db:5432/app?sslmode=require&sslcert=/s/{TAIL}.crt"

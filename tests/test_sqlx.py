@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from runner import sqlx, sqlx_files
+from runner.folder import sqlx_files
+from runner.histories import sqlx
 from tests import sqlx_oracle as oracle
 from tests.conftest import Db, Runner, run
 from tests.pg import Cluster, bindir

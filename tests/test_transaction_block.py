@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runner import files, statements, transaction_block
 from runner.errors import ValidationError
+from runner.folder import files, statements, transaction_block
 from tests.conftest import Db, run
 
 Files = Callable[[dict[str, str | bytes]], Path]

@@ -7,21 +7,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from runner import files, log
-from runner.database import Connection, backend_pid, connect, server_version
 from runner.errors import ConfigError, ValidationError
-from runner.history import Applied, Comparison, History, NativeHistory, as_fields, compare
-from runner.lock import POOLER_MESSAGE, AdvisoryLock
+from runner.folder import files
+from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
+from runner.output import log
+from runner.session.database import Connection, backend_pid, connect, server_version
+from runner.session.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
 
 if TYPE_CHECKING:
-    from runner.watch import Watch
+    from runner.applying.watch import Watch
 
 
 def history_for(settings: Settings) -> History:
     """The history format MIGRATE_HISTORY_FORMAT names (SPEC §8)."""
     if settings.history_format == "sqlx":
-        from runner.sqlx import SqlxHistory
+        from runner.histories.sqlx import SqlxHistory
 
         return SqlxHistory(settings.schema)
     return NativeHistory(settings.schema)
@@ -80,8 +81,8 @@ class Session:
         """The watch of the work connection from the lock connection (SPEC §9), stopped
         before the lock is released whatever ends the block. Imported here: only a run
         with something to apply watches."""
-        from runner.live import live_status
-        from runner.watch import Watch
+        from runner.applying.live import live_status
+        from runner.applying.watch import Watch
 
         work = self.work
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)

@@ -7,10 +7,10 @@ what is newer. Refused on a database with any history: there it would hide real 
 
 from __future__ import annotations
 
-from runner import log
 from runner.commands import history_for, locked
 from runner.errors import ValidationError
-from runner.history import as_fields, plural
+from runner.histories.history import as_fields, plural
+from runner.output import log
 from runner.settings import Settings
 
 

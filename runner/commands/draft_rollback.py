@@ -1,6 +1,6 @@
 """`draft-rollback VERSION`: write the first draft of a migration's rollback file.
 
-The draft comes from the forward file's parse tree (runner.draft) under the header `new`
+The draft comes from the forward file's parse tree (runner.drafting.draft) under the header `new`
 writes. It is named after the forward file's layout: `NNN_x_rollback.sql` beside
 `NNN_x.sql`, `NNN_x.down.sql` beside `NNN_x.up.sql` (SPEC §2). An existing rollback file
 is never overwritten; `--stdout` prints the draft instead, e.g. to compare with it. No
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import draft, files, log, statements
 from runner.commands import history_for
 from runner.commands.new import layout_of, rollback_header
+from runner.drafting import draft
 from runner.errors import ConfigError, ValidationError
+from runner.folder import files, statements
+from runner.output import log
 from runner.settings import Settings
 
 

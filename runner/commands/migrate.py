@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from runner import log, statements
-from runner.apply import Applier
+from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state
 from runner.errors import MigrationError
-from runner.history import History, plural
+from runner.folder import statements
+from runner.histories.history import History, plural
+from runner.output import log
 from runner.settings import Settings
 
 

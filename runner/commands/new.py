@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner import files, kustomization, log
 from runner.errors import ConfigError, ValidationError
+from runner.folder import files, kustomization
+from runner.output import log
 from runner.settings import Settings
 
 DEFAULT_WIDTH = 3

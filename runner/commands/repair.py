@@ -12,10 +12,10 @@ audit row `repair`; all of them commit together, under the lock.
 
 from __future__ import annotations
 
-from runner import log
 from runner.commands import history_for, locked
 from runner.errors import ConfigError, ValidationError
-from runner.history import as_fields, named
+from runner.histories.history import as_fields, named
+from runner.output import log
 from runner.settings import Settings
 
 

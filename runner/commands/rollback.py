@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 
-from runner import files, log, statements
-from runner.apply import Applier
+from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only
 from runner.commands.migrate import print_plan
 from runner.errors import ValidationError
-from runner.history import Applied, History, named
+from runner.folder import files, statements
+from runner.histories.history import Applied, History, named
+from runner.output import log
 from runner.settings import Settings
 
 

@@ -18,11 +18,12 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
-from runner import files, log
 from runner.commands import history_for, read_only, warn_eol_only
-from runner.database import Connection
 from runner.errors import PENDING, VALIDATION, ConfigError
-from runner.history import Applied, History, compare, named
+from runner.folder import files
+from runner.histories.history import Applied, History, compare, named
+from runner.output import log
+from runner.session.database import Connection
 from runner.settings import Settings
 
 STATES = ("applied", "pending", "failed", "changed", "missing", "out_of_order")

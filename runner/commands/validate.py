@@ -8,10 +8,11 @@ a CI log shows it plainly; the log gets the same list.
 
 from __future__ import annotations
 
-from runner import files, kustomization, log
 from runner.commands import history_for, read_only, warn_eol_only
 from runner.errors import ValidationError
-from runner.history import History, compare, plural
+from runner.folder import files, kustomization
+from runner.histories.history import History, compare, plural
+from runner.output import log
 from runner.settings import Settings
 
 

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner import log
 from runner.commands import history_for, open_connection
-from runner.database import Connection
 from runner.errors import ConfigError, ValidationError
+from runner.output import log
+from runner.session.database import Connection
 from runner.settings import Settings
 
 _SYSTEM = ("pg_catalog", "information_schema", "pg_toast")

@@ -1,6 +1,6 @@
 """What each statement of a forward file creates, and the node that drops it (issue 14).
 
-Used by runner.draft. Every CREATE becomes a `Created` holding a DropStmt (or ALTER TABLE
+Used by runner.drafting.draft. Every CREATE becomes a `Created` holding a DropStmt (or ALTER TABLE
 ... DROP) node built from the forward statement's own name nodes, so pglast's deparser
 prints the names: quoting and schema qualification are PostgreSQL's, never string surgery.
 What a DROP cannot undo — data changes, ALTER COLUMN TYPE, DROP, ALTER TYPE ... ADD VALUE,
@@ -9,7 +9,7 @@ DO, and any statement not known here — becomes a `Note` naming the statement a
 A part of a table created in the same file (index, trigger, policy, rule, column or
 constraint added later, comment, grant, rows) is recorded with that table as its owner:
 PostgreSQL drops a table's indexes, triggers, rules, policies, constraints and owned
-sequences with it ("DROP TABLE", PostgreSQL docs), so runner.draft only drops such a part
+sequences with it ("DROP TABLE", PostgreSQL docs), so runner.drafting.draft only drops such a part
 itself when it refers to an object created after the table. Those references are traced
 for foreign keys, column types and trigger functions, not inside expressions or bodies.
 """

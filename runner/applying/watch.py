@@ -40,10 +40,10 @@ from typing import Any
 
 import psycopg
 
-from runner import log
-from runner.database import Connection
-from runner.history import as_fields
-from runner.statements import Plan, line_col
+from runner.folder.statements import Plan, line_col
+from runner.histories.history import as_fields
+from runner.output import log
+from runner.session.database import Connection
 
 TICK_S = 1.0
 _SAMPLE = """

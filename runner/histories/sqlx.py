@@ -6,7 +6,7 @@ SHA-384 checksum as bytea, execution_time in nanoseconds; sqlx writes -1 and upd
 after its commit, the runner writes the time in the migration's own transaction), the row
 deleted on revert (`revert_migration`), `success = false` refused as dirty
 (`dirty_version`), and the advisory lock key (`generate_lock_id`). The folder is read by
-runner.sqlx_files, as sqlx reads it.
+runner.folder.sqlx_files, as sqlx reads it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 
 from psycopg import sql
 
-from runner import log, sqlx_files, statements
-from runner.database import Connection
 from runner.errors import ValidationError
-from runner.files import Folder, Migration
-from runner.history import Applied, History
+from runner.folder import sqlx_files, statements
+from runner.folder.files import Folder, Migration
+from runner.histories.history import Applied, History
+from runner.output import log
+from runner.session.database import Connection
 
 # sqlx's DDL, verbatim but for the schema-qualified name.
 _DDL = """

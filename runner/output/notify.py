@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runner import log
+from runner.output import log
 
 
 def failure_body(exit_code: int, message: str, fields: dict[str, Any], host: str,

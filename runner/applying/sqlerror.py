@@ -26,8 +26,8 @@ from typing import Any
 
 import psycopg
 
-from runner.history import as_fields
-from runner.statements import Plan, Statement, line_col
+from runner.folder.statements import Plan, Statement, line_col
+from runner.histories.history import as_fields
 
 # The server's context text is translated by lc_messages: on a server that does not speak
 # English, rule 3 finds nothing and rules 2 and 4 remain.

@@ -15,9 +15,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from runner import connect_failure, log
-from runner import conninfo as cinfo
 from runner.errors import ConfigError, UnreachableError
+from runner.output import log
+from runner.session import connect_failure
+from runner.session import conninfo as cinfo
 from runner.settings import Settings
 
 Connection = psycopg.Connection[tuple[Any, ...]]

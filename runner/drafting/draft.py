@@ -1,6 +1,6 @@
 """The first draft of a rollback file, from the forward file's parse tree (issue 14).
 
-Every object the forward file creates (runner.inverse) is dropped in reverse order of
+Every object the forward file creates (runner.drafting.inverse) is dropped in reverse order of
 creation: each object goes before the objects it was built on, so no blanket CASCADE is
 needed. A part of a table created in the same file goes with the table, unless it refers
 to an object created after the table: that object is dropped first, so the part is dropped
@@ -17,8 +17,8 @@ import pglast
 from pglast.enums import DropBehavior
 from pglast.stream import RawStream
 
-from runner.inverse import Created, Inverter, Note
-from runner.statements import Plan, line_col
+from runner.drafting.inverse import Created, Inverter, Note
+from runner.folder.statements import Plan, line_col
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import structlog
 
+from runner.applying.watch import Watch
 from runner.settings import Settings
-from runner.watch import Watch
 
 
 def status(watch: Watch) -> str:

@@ -19,8 +19,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from runner import files, statements
-from runner.files import Folder, Migration
+from runner.folder import files, statements
+from runner.folder.files import Folder, Migration
 
 DIRECTIVE = "-- no-transaction"
 UP, DOWN, SIMPLE = ".up.sql", ".down.sql", ".sql"

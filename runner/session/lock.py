@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from runner import log
-from runner.database import Connection, backend_pid
 from runner.errors import ConfigError, LockTimeoutError
+from runner.output import log
+from runner.session.database import Connection, backend_pid
 
 REPORT_EVERY_S = 10.0
 POOLER_MESSAGE = (
@@ -48,7 +48,7 @@ SELECT pg_backend_pid(), EXISTS (
 
 def lock_key(database: str, schema: str, table: str = "migration_history") -> int:
     """The native format's key, a signed 64-bit integer: one lock per bookkeeping table,
-    not one per server. (The sqlx format uses sqlx's key: runner.sqlx.lock_key.)"""
+    not one per server. (The sqlx format uses sqlx's key: runner.histories.sqlx.lock_key.)"""
     digest = hashlib.sha256(f"{database}\0{schema}\0{table}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import ValidationError
-from runner.files import Migration, read_rollback
+from runner.folder.files import Migration, read_rollback
 
 if TYPE_CHECKING:
-    from runner import plpgsql
+    from runner.folder import plpgsql
 
 DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
 _NEEDS_NEW_FILE = "; move it to its own file whose first line is `-- migrate:no-transaction`"
@@ -119,7 +119,7 @@ def _copy_before(f: _File, prefix: str) -> None:
     data: name the COPY, not only the first data line, when the lines before parse."""
     from pglast.parser import ParseError, parse_sql_json
 
-    from runner import transaction_block
+    from runner.folder import transaction_block
 
     try:
         tree = json.loads(parse_sql_json(prefix))
@@ -141,7 +141,7 @@ def _stream_problem(stream: str) -> str:
 def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
     """Every statement against how it will run: in the file's transaction, or on its own
     in autocommit (`-- migrate:no-transaction`)."""
-    from runner import plpgsql, transaction_block
+    from runner.folder import plpgsql, transaction_block
 
     subs = transaction_block.Subscriptions()
     procs = plpgsql.Procedures()
@@ -174,7 +174,7 @@ def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: in
                       sql: str) -> None:
     """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL reaches:
     refused in a transaction with 2D000 at run time."""
-    from runner import plpgsql
+    from runner.folder import plpgsql
 
     fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
            "invalid transaction termination)" + _NEEDS_NEW_FILE)
@@ -207,7 +207,7 @@ def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
     # pglast, only when a file is lexed: a pod start with nothing pending pays for none.
     from pglast.parser import ParseError, parse_sql_json
 
-    from runner import directives
+    from runner.folder import directives
 
     f = _File(m)
     text = m.text

@@ -3,7 +3,7 @@ files (SPEC §3, §8).
 
 A format is one object (`History`): the history table's DDL and rows, the checksum of a
 file, the advisory lock key and the rules for reading the folder. `native` keeps
-`migration_history`; `sqlx` (runner.sqlx) keeps sqlx's `_sqlx_migrations`, shared with
+`migration_history`; `sqlx` (runner.histories.sqlx) keeps sqlx's `_sqlx_migrations`, shared with
 the app. Both keep the audit table `migration_audit`. Commands use only this interface,
 so none of them knows which format it runs in. Every identifier is schema-qualified and
 quoted: MIGRATE_SCHEMA may be any name, and a migration may leave its own search_path.
@@ -22,11 +22,11 @@ from typing import Any
 
 from psycopg import sql
 
-from runner import files, statements
-from runner.database import Connection
 from runner.errors import ValidationError
-from runner.files import Migration
-from runner.lock import lock_key
+from runner.folder import files, statements
+from runner.folder.files import Migration
+from runner.session.database import Connection
+from runner.session.lock import lock_key
 
 # The time since the transaction began, for a caller that queued the statements in a
 # pipeline and so cannot time them itself.

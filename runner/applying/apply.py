@@ -43,16 +43,16 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from runner import log
-from runner.database import Connection
+from runner.applying.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.errors import Interrupted, MigrationError
-from runner.history import History, as_fields
+from runner.folder.statements import Plan, Statement
+from runner.histories.history import History, as_fields
+from runner.output import log
+from runner.session.database import Connection
 from runner.settings import Settings
-from runner.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
-from runner.statements import Plan, Statement
 
 if TYPE_CHECKING:
-    from runner.watch import Watch
+    from runner.applying.watch import Watch
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
 
@@ -339,7 +339,7 @@ class Applier:
         self.log.error("migration_failed", **error, direction=way.audit, **extra)
         text = f"{where(error)}: {error['message']} (SQLSTATE {error['sqlstate']})"
         if error.get("blocked_by"):
-            from runner.watch import describe_blockers
+            from runner.applying.watch import describe_blockers
 
             text += f"; blocked by {describe_blockers(error['blocked_by'])}"
         if extra.get("partial"):

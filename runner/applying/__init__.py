@@ -1,0 +1,1 @@
+"""Running a migration: applying files, watching them, locating SQL errors."""

@@ -1,0 +1,1 @@
+"""Drafting rollback files from a forward file's parse tree."""

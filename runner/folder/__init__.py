@@ -1,0 +1,1 @@
+"""Reading and checking the migrations folder: names, layouts, statements, what may run where."""

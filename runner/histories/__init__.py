@@ -1,0 +1,1 @@
+"""The histories: the bookkeeping tables of the native and the sqlx format."""

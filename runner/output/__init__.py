@@ -1,0 +1,1 @@
+"""What goes out besides stdout: the log, metrics and the webhook."""

@@ -1,0 +1,1 @@
+"""The database session: the connection string, connecting and waiting, the advisory lock."""
