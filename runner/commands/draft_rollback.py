@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.commands import history_for
+from runner.commands import offline_history
 from runner.commands.new import layout_of, rollback_header
 from runner.drafting import draft
 from runner.errors import ConfigError, ValidationError
@@ -46,7 +46,7 @@ def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
 
 def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) -> int:
     folder = settings.migrations_path
-    history = history_for(settings)  # the folder read as the history format reads it
+    history = offline_history(settings)  # the folder read as the history format reads it
     m = next((m for m in history.load(folder) if m.version == version), None)
     if m is None:
         raise ValidationError([f"draft-rollback: no forward file with version {version} in "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only
+from runner.commands import history_for, locked, read_only, settle, settled_files
 from runner.commands.migrate import print_plan
 from runner.errors import ValidationError
 from runner.folder import files, statements
@@ -66,15 +66,19 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
              dry_run: bool = False) -> int:
     logger = log.get()
     started = time.monotonic()
-    history = history_for(settings)
-    migrations = history.load(settings.migrations_path)
+    folder_history = history_for(settings)
+    migrations = folder_history.load(settings.migrations_path)
     if dry_run:  # the same checks, on a read-only connection without the lock
         with read_only(settings, "dry-run") as conn:
+            history = settle(settings, conn)
+            migrations = settled_files(history, folder_history, migrations, settings)
             applied = history.read_checked(conn, "rollback")
             plans = check(history, targets(applied, steps, to), applied, migrations)
         print_plan(plans, empty="nothing to roll back")
         return 0
-    with locked(settings, history) as session:
+    with locked(settings) as session:
+        history = session.history
+        migrations = settled_files(history, folder_history, migrations, settings)
         conn = session.work
         applied = history.read_checked(conn, "rollback")
         chosen = targets(applied, steps, to)
