@@ -185,6 +185,24 @@ def test_the_runner_finds_the_apps_table_through_the_search_path(
     assert db.scalar(f'SELECT count(*) FROM "{schema}".posts') == 0
 
 
+def test_a_history_behind_the_first_schema_of_the_path_is_used_and_warned(
+        db: Db, migrations: Files) -> None:
+    """The app migrated into public; later a schema first in the path appeared. The
+    runner reads the app's rows where the path finds them, and warns: the app's own
+    unqualified CREATE TABLE IF NOT EXISTS would start a second history in that schema."""
+    folder = migrations({**FIRST})
+    assert oracle.run(db.url, folder) == [1]
+    db.execute("CREATE SCHEMA pacs")
+    db.execute(f'ALTER DATABASE "{db.name}" SET search_path = pacs, public')
+    migrations({**SECOND})
+    result = run(db.url, folder)
+    assert result.code == 0, result.stderr
+    assert applied(result) == [2]
+    warned = result.event("sqlx_history_shadowed")
+    assert (warned["schema"], warned["current_schema"]) == ("public", "pacs")
+    assert sqlx_tables(db) == ["public"]
+
+
 def test_an_explicit_schema_is_the_only_place_looked_at(db: Db, migrations: Files,
                                                         tmp_path: Path) -> None:
     """A second project in the PACS database keeps its own native history in its own

@@ -64,6 +64,13 @@ def settle(settings: Settings, conn: Connection, level: str = "info") -> History
     getattr(log.get(), level)("history_format", format=chosen.format, reason=chosen.reason,
                               schema=history.schema, table=history.history.as_string(conn),
                               **extra)
+    if chosen.format == "sqlx" and chosen.sqlx.shadowed:
+        log.get().warning("sqlx_history_shadowed", schema=history.schema, **chosen.sqlx.fields,
+                          message=f"{history.history.as_string(conn)} is not in the first "
+                                  "schema of the search_path, where the app's sqlx creates "
+                                  "its own _sqlx_migrations when missing and would apply "
+                                  "every file again: move the table there, or put its "
+                                  "schema first in the role's search_path")
     return history
 
 

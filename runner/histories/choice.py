@@ -62,6 +62,14 @@ class SqlxPlace:
     how: str
     fields: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def shadowed(self) -> bool:
+        """Found in a later schema of the path than current_schema(): sqlx's unqualified
+        `CREATE TABLE IF NOT EXISTS` looks in current_schema() only, so the app would
+        start a second, empty history there (PostgreSQL's creation namespace rule)."""
+        current = self.fields.get("current_schema")
+        return current is not None and self.schema != current
+
 
 def sqlx_place(conn: Connection, schema: str, explicit: bool) -> SqlxPlace:
     """The schema of the app's `_sqlx_migrations`: MIGRATE_SCHEMA when set explicitly,
@@ -76,7 +84,7 @@ def sqlx_place(conn: Connection, schema: str, explicit: bool) -> SqlxPlace:
     fields = {"search_path": path, "current_schema": current}
     if found is not None:
         return SqlxPlace(found, "search_path holds it", fields)
-    return SqlxPlace(current, "search_path's first schema (not created yet)", fields)
+    return SqlxPlace(current, "current_schema(): not in the search_path yet", fields)
 
 
 _TABLE = """
