@@ -51,8 +51,9 @@ def check(history: History, chosen: list[Applied], applied: dict[int, Applied],
                             "rollback file is in this folder; use the image that applied it")
         elif m.checksum != a.checksum and not history.eol_only(m, a.checksum):
             problems.append(f"{m.file}: changed after it was applied, so its rollback may "
-                            "not match what ran; restore the file, or run `migration-runner "
-                            "repair --accept-checksums` if the edit is intended")
+                            "not match what ran; restore the file, or run "
+                            f"`{history.cli('repair --accept-checksums')}` if the edit is "
+                            "intended")
         else:
             needed.append(m)
     plans, found = history.lex_rollbacks(needed)
