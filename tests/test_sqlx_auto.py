@@ -119,6 +119,20 @@ def test_auto_refuses_what_it_cannot_decide(db: Db, migrations: Files,
     assert relations(db) == before
 
 
+def test_the_fix_for_a_native_history_under_up_files_works_when_followed(
+        db: Db, migrations: Files) -> None:
+    folder = migrations({**FIRST, **SECOND})
+    _native_history_and_up_files(db, folder)
+    refused = run(db.url, folder)
+    fix = "migration-runner baseline --to 2 --history-format sqlx"
+    assert f"`{fix}`" in refused.event("run_failed")["error"]
+    assert run(db.url, folder, *fix.split()[1:]).code == 0
+    after = run(db.url, folder)
+    assert after.code == 0, after.stderr
+    assert after.event("history_format")["format"] == "sqlx" and applied(after) == []
+    assert oracle.run(db.url, folder) == []
+
+
 def test_offline_commands_decide_from_the_folder(migrations: Files) -> None:
     folder = migrations({**FIRST})
     checked = run(None, folder, "validate", "--offline")

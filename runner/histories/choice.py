@@ -14,6 +14,7 @@ search_path, which the role and database settings shape the same way for both.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,13 @@ def _auto(conn: Connection, schema: str, folder: Path, place: SqlxPlace) -> Choi
         return Choice("sqlx", str(app), place)
     if native:
         if layout == "sqlx":
+            flags = "" if schema == "public" else f" --schema {shlex.quote(schema)}"
             raise ValidationError([
                 f"history format refused: {native}, the runner's native history, but "
                 "the folder has sqlx's .up.sql / .down.sql layout: set "
                 "MIGRATE_HISTORY_FORMAT=native to keep that history, or move the database "
                 f"to the app's with `migration-runner baseline --to {native.newest or 'V'} "
-                "--history-format sqlx`. Nothing was changed"])
+                f"--history-format sqlx{flags}`. Nothing was changed"])
         return Choice("native", str(native), place)
     if layout == "sqlx":
         return Choice("sqlx", "no history yet; the folder has sqlx's .up.sql / .down.sql "
