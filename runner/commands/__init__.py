@@ -43,7 +43,7 @@ def history_for(settings: Settings) -> History:
 
 
 def offline_history(settings: Settings) -> History:
-    """The format of a command that reads no database (validate --offline, new,
+    """The format of a command that reads no database (validate --offline,
     draft-rollback): from the folder alone, logged as `history_format`."""
     chosen = choice.offline(settings.history_format, settings.migrations_path)
     log.get().info("history_format", format=chosen.format, reason=chosen.reason)
@@ -75,8 +75,8 @@ def settle(settings: Settings, conn: Connection, level: str = "info") -> History
 
 
 def bookkeeping(settings: Settings, conn: Connection) -> set[tuple[str, str]]:
-    """(schema, table) of both formats' tables where this run would find them: not the
-    app's schema, whichever format migrated it."""
+    """(schema, table) of both formats' bookkeeping tables where this run would find
+    them, for `verify` to leave out whichever format migrated the database."""
     from runner.histories.sqlx import SqlxHistory
 
     place = choice.sqlx_place(conn, settings.schema, settings.schema_explicit)
