@@ -334,6 +334,18 @@ def test_a_down_file_new_wrote_is_not_an_empty_rollback(db: Db, migrations: File
 # --- E: sqlx's spelling ---------------------------------------------------------------------
 
 
+def test_draft_rollback_of_a_plain_file_in_sqlx_format_writes_a_down_file(
+        migrations: Files) -> None:
+    folder = migrations({**FIRST, "002_idx.sql":
+                         "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON users (id);\n"})
+    drafted = run(None, folder, "draft-rollback", "2", **SQLX)
+    assert drafted.code == 0, drafted.stderr
+    written = Path(drafted.stdout.strip())
+    assert written.name == "002_idx.down.sql"
+    assert written.read_text().startswith("-- no-transaction\n")
+    assert run(None, folder, "validate", "--offline", **SQLX).code == 0
+
+
 @pytest.mark.parametrize("text", [
     "CREATE TABLE a (id int);\nCREATE INDEX CONCURRENTLY a_idx ON a (id);\n",
     "-- +goose NO TRANSACTION\nCREATE INDEX CONCURRENTLY a_idx ON a (id);\n",
