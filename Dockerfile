@@ -57,6 +57,8 @@ RUN groupadd --gid 10001 runner \
 
 COPY --from=build /opt/venv /opt/venv
 # Baked-in migrations; a mounted ConfigMap (or a volume) over /migrations replaces them.
+# No MIGRATE_HISTORY_FORMAT: `auto` keeps the history a database holds and gives an empty
+# one sqlx's for this folder's .up.sql / .down.sql layout, the app's history.
 COPY migrations/*.sql /migrations/
 
 ENV MIGRATIONS_DIR=/migrations \

@@ -107,8 +107,9 @@ SPECS = [
     Spec("strict", "MIGRATE_STRICT", "--strict", parse_bool, False,
          'treat "database is ahead of these files" as an error'),
     Spec("history_format", "MIGRATE_HISTORY_FORMAT", "--history-format",
-         parse_choice("native", "sqlx"), "native",
-         "native (migration_history) or sqlx (_sqlx_migrations, shared with the app's "
+         parse_choice("auto", "native", "sqlx"), "auto",
+         "auto (the database's history, else the folder's layout), native "
+         "(migration_history) or sqlx (_sqlx_migrations, shared with the app's "
          "sqlx::migrate!)"),
     Spec("log_format", "MIGRATE_LOG_FORMAT", "--log-format", parse_choice("json", "console"), None,
          "json or console (default: console on a TTY, else json)"),
@@ -154,6 +155,9 @@ class Settings:
     webhook_url: str | None
     webhook_timeout: float
     progress_interval: float
+    # MIGRATE_SCHEMA given (SPEC §8): else the sqlx history is wherever the session's
+    # search_path finds it, as the app's unqualified `_sqlx_migrations` is.
+    schema_explicit: bool = False
 
     @property
     def migrations_path(self) -> Path:
@@ -223,6 +227,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if values["database_url"] and values["database_url_file"]:
         raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set; keep only one",
                           variable="DATABASE_URL_FILE")
+    values["schema_explicit"] = bool(flags.get("schema") or environ.get("MIGRATE_SCHEMA"))
     if values["log_format"] is None:
         values["log_format"] = "console" if sys.stderr.isatty() else "json"
     return Settings(**values)

@@ -1,7 +1,8 @@
 """`make demo`: the PACS migrations applied to a throwaway PostgreSQL, then `status`.
 
-The runner keeps the history the app's `sqlx::migrate!` keeps (`MIGRATE_HISTORY_FORMAT=sqlx`),
-as the PACS deployment does everywhere (docs/deploying.md).
+No MIGRATE_HISTORY_FORMAT: `auto`, the default, gives the PACS folder (sqlx's `.up.sql` /
+`.down.sql` layout) the history the app's `sqlx::migrate!` keeps, and says so in its
+`history_format` line (docs/deploying.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from tests.pg import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {"MIGRATE_HISTORY_FORMAT": "sqlx", "MIGRATE_LOG_FORMAT": "console"}
+SETTINGS = {"MIGRATE_LOG_FORMAT": "console"}
 
 
 def main() -> int:
@@ -24,9 +25,8 @@ def main() -> int:
         env = {**os.environ, "DATABASE_URL": cluster.url(),
                "MIGRATIONS_DIR": str(ROOT / "migrations"), **SETTINGS}
         runner = [sys.executable, "-m", "runner"]
-        shown = " ".join(f"{k}={v}" for k, v in SETTINGS.items() if k != "MIGRATE_LOG_FORMAT")
         print(f"== migration-runner migrate  (throwaway PostgreSQL on port {cluster.port}, "
-              f"{shown})", flush=True)
+              "MIGRATE_HISTORY_FORMAT unset: auto)", flush=True)
         code = subprocess.call([*runner, "migrate"], env=env)
         print("\n== migration-runner status", flush=True)
         subprocess.call([*runner, "status"], env=env)

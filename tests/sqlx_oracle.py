@@ -1,7 +1,8 @@
 """The app in the tests: a re-enactment, in Python, of what `sqlx::migrate!().run()` and
 `Migrator::undo` do on PostgreSQL, written from sqlx's source (launchbadge/sqlx at
 9d6bf662: sqlx-core src/migrate/{source,migration,migration_type,migrator}.rs and
-sqlx-postgres src/migrate.rs), with sqlx.toml left at its defaults.
+sqlx-postgres src/migrate.rs and src/connection/establish.rs), with sqlx.toml left at its
+defaults.
 
 It shares no code with the runner, on purpose: a test that compares the two must be able
 to catch the runner reading sqlx wrong. Pinned by vectors checked by hand (test_sqlx.py).
@@ -110,8 +111,17 @@ def resolve(folder: Path) -> list[Migration]:
     return found
 
 
+# PgConnection::establish (sqlx-postgres src/connection/establish.rs) sends these in its
+# startup message, extra_float_digits from PgConnectOptions' default (options/mod.rs);
+# libpq sends them as `-c` options, which the server applies the same way (above the
+# role's and database's settings).
+STARTUP = {"DateStyle": "ISO,MDY", "client_encoding": "UTF8", "TimeZone": "UTC",
+           "extra_float_digits": "2"}
+
+
 def connect(url: str) -> Conn:
-    return psycopg.connect(url, autocommit=True)
+    options = " ".join(f"-c {name}={value}" for name, value in STARTUP.items())
+    return psycopg.connect(url, autocommit=True, options=options)
 
 
 def lock(conn: Conn) -> int:

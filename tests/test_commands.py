@@ -34,6 +34,9 @@ FOUR: dict[str, str | bytes] = {
 }
 
 
+NATIVE = {"MIGRATE_HISTORY_FORMAT": "native"}
+
+
 def history(db: Db) -> list[tuple[Any, ...]]:
     if not db.table_exists("migration_history"):
         return []
@@ -108,7 +111,8 @@ def test_status_table_is_aligned_and_plain_when_piped(db: Db, migrations: Files)
     assert lines[1].split()[:2] == ["1", "1_a"] and lines[1].endswith(" ms")
     assert lines[-1] == "1 applied, 1 pending"
     assert "\x1b[" not in result.stdout
-    assert [e["event"] for e in result.events] == ["db_connected", "status_read"]
+    assert [e["event"] for e in result.events] == ["db_connected", "history_format",
+                                                   "status_read"]
 
 
 def _status_on_a_terminal(db: Db, folder: Path, **env: str) -> str:
@@ -377,9 +381,11 @@ def psql(db: Db, path: Path) -> None:
 
 def test_baseline_adopts_a_psql_built_database_then_migrate_applies_only_newer(
         db: Db) -> None:
+    """In the native format, whose tables `history` and `audit` read (the PACS folder's
+    .up.sql layout would choose sqlx)."""
     psql(db, PACS / "001_initial_schema.up.sql")  # the old init containers
     psql(db, PACS / "002_initial_seed_data.up.sql")
-    result = run(db.url, PACS, "baseline", "--to", "2")
+    result = run(db.url, PACS, "baseline", "--to", "2", **NATIVE)
     assert result.code == 0, result.stderr
     assert history(db) == [(1, "applied"), (2, "applied")]
     assert audit(db) == [(1, "baseline", True), (2, "baseline", True)]
@@ -387,13 +393,13 @@ def test_baseline_adopts_a_psql_built_database_then_migrate_applies_only_newer(
         "001_initial_schema.up.sql", "002_initial_seed_data.up.sql"]
     assert "migration_started" not in result.names()
 
-    after = run(db.url, PACS)
+    after = run(db.url, PACS, **NATIVE)
     assert after.code == 0, after.stderr
     assert [e["version"] for e in after.events if e["event"] == "migration_applied"] == [3]
     assert db.table_exists("annotation.masks")
     assert db.scalar("SELECT count(*) FROM security.roles") == 5
 
-    again = run(db.url, PACS, "baseline", "--to", "2")
+    again = run(db.url, PACS, "baseline", "--to", "2", **NATIVE)
     assert again.code == 5
     assert "baseline refused" in again.events[-1]["error"]
     assert len(audit(db)) == 3

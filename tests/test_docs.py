@@ -82,7 +82,8 @@ def test_make_demo_prints_where_the_command_is(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "tests.demo"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "MIGRATE_HISTORY_FORMAT=sqlx" in proc.stdout
+    assert "MIGRATE_HISTORY_FORMAT unset: auto" in proc.stdout
+    assert re.search(r"history_format .*format=sqlx", proc.stdout + proc.stderr)
     assert "3 applied" in proc.stdout
     assert ".venv/bin/migration-runner --help" in proc.stdout
 

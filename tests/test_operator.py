@@ -320,8 +320,10 @@ def test_console_status_shows_the_table_without_log_lines(db: Db, migrations: Fi
     assert code == 0
     assert screen.splitlines()[0].split()[:3] == ["VERSION", "NAME", "STATE"]
     assert "db_connected" not in screen and "status_read" not in screen
+    assert "history_format" not in screen
     # JSON logs, for machines, stay complete.
-    assert run(db.url, folder, "status").names() == ["db_connected", "status_read"]
+    assert run(db.url, folder, "status").names() == ["db_connected", "history_format",
+                                                     "status_read"]
     _, debug = on_a_terminal(db, folder, "status", MIGRATE_LOG_LEVEL="debug")
     assert "db_connected" in debug
 

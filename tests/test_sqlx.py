@@ -22,6 +22,7 @@ from tests.pg import Cluster, bindir
 
 Files = Callable[[dict[str, str | bytes]], Path]
 SQLX = {"MIGRATE_HISTORY_FORMAT": "sqlx"}
+NATIVE = {"MIGRATE_HISTORY_FORMAT": "native"}
 
 APP: dict[str, str | bytes] = {
     "20240101120000_add_users_table.up.sql": "CREATE TABLE users (id int PRIMARY KEY);\n",
@@ -200,23 +201,25 @@ def test_no_transaction_file_failing_part_way_leaves_a_dirty_row(
 # --- the guard ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schema", ["public", "ops"])
+@pytest.mark.parametrize("schema", ["", "public"])
 def test_native_format_refuses_a_database_the_app_migrated(
         db: Db, migrations: Files, schema: str) -> None:
+    """MIGRATE_SCHEMA unset or naming the app's schema: the guard finds the app's rows."""
     folder = migrations(APP)
     assert len(oracle.run(db.url, folder)) == 4
     objects = db.scalar("SELECT count(*) FROM pg_class")
+    schema = schema or "public"
     for command in (["migrate"], ["baseline", "--to", "20240102000000"]):
-        result = run(db.url, folder, *command, MIGRATE_SCHEMA=schema)
+        result = run(db.url, folder, *command, MIGRATE_SCHEMA=schema, **NATIVE)
         assert result.code == 5, result.stderr
         error = result.event("run_failed")["error"]
         assert '_sqlx_migrations" holds 4 rows (newest version 20240104000000)' in error
         assert "MIGRATE_HISTORY_FORMAT=sqlx" in error
         assert not db.table_exists(f'"{schema}".migration_history') or not db.scalar(
             f'SELECT count(*) FROM "{schema}".migration_history')
-    dry = run(db.url, folder, "--dry-run", MIGRATE_SCHEMA=schema)
+    dry = run(db.url, folder, "--dry-run", MIGRATE_SCHEMA=schema, **NATIVE)
     assert dry.code == 5 and dry.stdout == ""
-    validate = run(db.url, folder, "validate", MIGRATE_SCHEMA=schema)
+    validate = run(db.url, folder, "validate", MIGRATE_SCHEMA=schema, **NATIVE)
     assert validate.code == 5 and "MIGRATE_HISTORY_FORMAT=sqlx" in validate.stdout
     assert db.scalar("SELECT count(*) FROM _sqlx_migrations") == 4
     assert db.scalar("SELECT count(*) FROM pg_class") <= objects + 4  # at most empty tables
@@ -235,7 +238,7 @@ def test_every_command_refuses_a_history_it_does_not_read(
     assert len(oracle.run(db.url, folder)) == 4
     before = rows(db)
     for command in READERS:
-        result = run(db.url, folder, *command)
+        result = run(db.url, folder, *command, **NATIVE)
         assert result.code == 5, (command, result.stderr)
         assert "MIGRATE_HISTORY_FORMAT=sqlx" in result.event("run_failed")["error"], command
     assert rows(db) == before
@@ -246,7 +249,7 @@ def test_every_command_refuses_a_history_it_does_not_read(
     (other / "001_a.up.sql").write_text("CREATE TABLE a (id int);\n")
     (other / "001_a.down.sql").write_text("DROP TABLE a;\n")
     db.execute("DROP TABLE _sqlx_migrations")
-    assert run(db.url, other).code == 0
+    assert run(db.url, other, **NATIVE).code == 0
     for command in READERS[:6]:
         result = migrate(db, other, *command)
         assert result.code == 5, (command, result.stderr)
@@ -256,7 +259,7 @@ def test_every_command_refuses_a_history_it_does_not_read(
 
 def test_baseline_moves_a_native_database_to_sqlx(db: Db, migrations: Files) -> None:
     folder = migrations({k: v for k, v in APP.items() if "nothing_yet" not in k})
-    assert run(db.url, folder).code == 0  # native format
+    assert run(db.url, folder, **NATIVE).code == 0
     refused = migrate(db, folder)  # sqlx format would apply everything again
     assert refused.code == 5
     error = refused.event("run_failed")["error"]
@@ -274,13 +277,16 @@ def test_baseline_moves_a_native_database_to_sqlx(db: Db, migrations: Files) -> 
     assert migrate(db, folder, "baseline", "--to", "20240103000000").code == 5
 
     # A later run that forgets the setting must not read the old history, where a new
-    # file would be pending and run a second time.
+    # file would be pending and run a second time: `auto` finds the sqlx one.
     (folder / "20240105000000_count.sql").write_text("INSERT INTO users VALUES (9);\n")
     assert migrate(db, folder).code == 0
-    for command in (["migrate"], ["status", "--exit-code"], ["rollback", "--dry-run"]):
+    for command in (["migrate"], ["status", "--exit-code"], ["validate"]):
         forgot = run(db.url, folder, *command)
-        assert forgot.code == 5, (command, forgot.stderr)
-        assert "MIGRATE_HISTORY_FORMAT=sqlx" in forgot.event("run_failed")["error"]
+        assert forgot.code == 0, (command, forgot.stderr)
+        assert forgot.event("history_format")["format"] == "sqlx"
+    with_native = run(db.url, folder, **NATIVE)
+    assert with_native.code == 5
+    assert "MIGRATE_HISTORY_FORMAT=sqlx" in with_native.event("run_failed")["error"]
     assert db.scalar("SELECT count(*) FROM users WHERE id = 9") == 1
     assert db.scalar("SELECT count(*) FROM migration_history_before_sqlx") == 3
 
@@ -430,16 +436,17 @@ def test_docs_rs_odd_files_give_the_schema_psql_gives(
 
     status = json.loads(migrate(db, folder, "status", "--json").stdout)
     assert status["summary"]["applied"] == 7 and status["summary"]["pending"] == 0
-    # The empty .down.sql is refused, as any comment-only rollback (SPEC §2).
+    # The empty .down.sql is a no-op, as for sqlx's revert (SPEC §8): warned, not refused.
     validate = migrate(db, folder, "validate")
-    assert validate.code == 5
-    assert validate.stdout.startswith("20260131071854_failed-queued-crates.down.sql")
-    refused = migrate(db, folder, "rollback", "--to", "20240624085737")
-    assert refused.code == 5 and len(rows(db)) == 7
-    back = migrate(db, folder, "rollback")
+    assert validate.code == 0, validate.stdout
+    assert (validate.event("empty_rollback")["file"]
+            == "20260131071854_failed-queued-crates.down.sql")
+    back = migrate(db, folder, "rollback", "--to", "20240624085737")
     assert back.code == 0, back.stderr
+    assert back.event("empty_rollback")["version"] == 20260131071854
+    assert len(rows(db)) == 5
     assert not db.scalar("SELECT to_regclass('repositories_updated_idx') IS NOT NULL")
-    assert oracle.run(db.url, folder) == [20260208042033]
+    assert oracle.run(db.url, folder) == [20260131071854, 20260208042033]
 
 
 # --- every command in the sqlx format -------------------------------------------------------

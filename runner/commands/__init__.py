@@ -9,9 +9,16 @@ from typing import TYPE_CHECKING
 
 from runner.errors import ConfigError, ValidationError
 from runner.folder import files
+from runner.histories import choice
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
-from runner.session.database import Connection, backend_pid, connect, server_version
+from runner.session.database import (
+    Connection,
+    backend_pid,
+    connect,
+    server_version,
+    set_parameters,
+)
 from runner.session.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
 
@@ -19,13 +26,72 @@ if TYPE_CHECKING:
     from runner.applying.watch import Watch
 
 
-def history_for(settings: Settings) -> History:
-    """The history format MIGRATE_HISTORY_FORMAT names (SPEC §8)."""
-    if settings.history_format == "sqlx":
+def _build(fmt: str, settings: Settings, sqlx_schema: str | None = None) -> History:
+    if fmt == "sqlx":
         from runner.histories.sqlx import SqlxHistory
 
-        return SqlxHistory(settings.schema)
-    return NativeHistory(settings.schema)
+        return SqlxHistory(sqlx_schema or settings.schema, settings.schema)
+    return NativeHistory(settings.schema, sqlx_schema)
+
+
+def history_for(settings: Settings) -> History:
+    """The format as far as the folder tells it (SPEC §8): MIGRATE_HISTORY_FORMAT, or for
+    `auto` the folder's layout. For the file checks made before connecting; `settle`
+    decides the run's format once connected."""
+    return _build(choice.offline(settings.history_format, settings.migrations_path).format,
+                  settings)
+
+
+def offline_history(settings: Settings) -> History:
+    """The format of a command that reads no database (validate --offline,
+    draft-rollback): from the folder alone, logged as `history_format`."""
+    chosen = choice.offline(settings.history_format, settings.migrations_path)
+    log.get().info("history_format", format=chosen.format, reason=chosen.reason)
+    return _build(chosen.format, settings)
+
+
+def settle(settings: Settings, conn: Connection, level: str = "info") -> History:
+    """The run's history, decided once on `conn` before anything is written
+    (runner.histories.choice), logged as `history_format` with the schema used; the
+    format's session parameters set on `conn`. ValidationError (5) or ConfigError (2)
+    when `auto` cannot decide."""
+    chosen = choice.choose(conn, settings.history_format, settings.schema,
+                           settings.schema_explicit, settings.migrations_path)
+    history = _build(chosen.format, settings, chosen.sqlx.schema)
+    set_parameters(conn, history.session_parameters)
+    extra = ({"schema_from": chosen.sqlx.how, **chosen.sqlx.fields}
+             if chosen.format == "sqlx" else {})
+    getattr(log.get(), level)("history_format", format=chosen.format, reason=chosen.reason,
+                              schema=history.schema, table=history.history.as_string(conn),
+                              **extra)
+    if chosen.format == "sqlx" and chosen.sqlx.shadowed:
+        log.get().warning("sqlx_history_shadowed", schema=history.schema, **chosen.sqlx.fields,
+                          message=f"{history.history.as_string(conn)} is not in the first "
+                                  "schema of the search_path, where the app's sqlx creates "
+                                  "its own _sqlx_migrations when missing and would apply "
+                                  "every file again: move the table there, or put its "
+                                  "schema first in the role's search_path")
+    return history
+
+
+def bookkeeping(settings: Settings, conn: Connection) -> set[tuple[str, str]]:
+    """(schema, table) of both formats' bookkeeping tables where this run would find
+    them, for `verify` to leave out whichever format migrated the database."""
+    from runner.histories.sqlx import SqlxHistory
+
+    place = choice.sqlx_place(conn, settings.schema, settings.schema_explicit)
+    tables = NativeHistory(settings.schema).bookkeeping
+    return tables | (SqlxHistory(place.schema).bookkeeping if place.schema else set())
+
+
+def settled_files(history: History, before: History,
+                  migrations: list[files.Migration], settings: Settings) -> list[files.Migration]:
+    """`migrations`, read before connecting as `before` reads the folder, now as the
+    settled `history` reads it: read again only when `auto` chose the other format (a
+    folder of plain `.sql` files on the app's database)."""
+    if history.format == before.format:
+        return migrations
+    return history.load(settings.migrations_path)
 
 
 def open_connection(settings: Settings, purpose: str, level: str = "info") -> Connection:
@@ -52,9 +118,10 @@ class Session:
     never opens a second one, so fifty waiting runners cost fifty connections, not a
     hundred, and each one that waited finishes within milliseconds of the release."""
 
-    def __init__(self, settings: Settings, lock: AdvisoryLock) -> None:
+    def __init__(self, settings: Settings, lock: AdvisoryLock, history: History) -> None:
         self.settings = settings
         self.lock = lock
+        self.history = history  # settled on the lock connection
         self._work: Connection | None = None
         self._work_pid = 0
 
@@ -66,6 +133,7 @@ class Session:
             if self._work_pid == self.lock.pid:
                 conn.close()  # two client connections on one backend: only a pooler does that
                 raise ConfigError(POOLER_MESSAGE)
+            set_parameters(conn, self.history.session_parameters)
             self._work = conn
         return self._work
 
@@ -101,10 +169,17 @@ class Session:
 
 
 @contextmanager
-def locked(settings: Settings, history: History) -> Iterator[Session]:
+def locked(settings: Settings) -> Iterator[Session]:
+    """The lock connection, the run's history settled on it before the lock (whose key is
+    the format's), and the lock held."""
     lock_conn = open_connection(settings, "lock")
+    try:
+        history = settle(settings, lock_conn)
+    except BaseException:
+        lock_conn.close()
+        raise
     lock = AdvisoryLock(lock_conn, history.lock_key(lock_conn.info.dbname))
-    session = Session(settings, lock)
+    session = Session(settings, lock, history)
     try:
         lock.acquire(settings.lock_timeout)
         yield session

@@ -7,7 +7,7 @@ what is newer. Refused on a database with any history: there it would hide real 
 
 from __future__ import annotations
 
-from runner.commands import history_for, locked
+from runner.commands import history_for, locked, settled_files
 from runner.errors import ValidationError
 from runner.histories.history import as_fields, plural
 from runner.output import log
@@ -16,14 +16,16 @@ from runner.settings import Settings
 
 def baseline(settings: Settings, to: int) -> int:
     logger = log.get()
-    history = history_for(settings)
-    migrations = history.load(settings.migrations_path)
+    folder_history = history_for(settings)
+    migrations = folder_history.load(settings.migrations_path)
     if to not in {m.version for m in migrations}:
         # An exact version only: a typo such as 30 for 3 would adopt files never run.
         raise ValidationError([f"baseline refused: no migration file has version {to}; "
                                "give the version of the last file the database already has"])
-    chosen = [m for m in migrations if m.version <= to]
-    with locked(settings, history) as session:
+    with locked(settings) as session:
+        history = session.history
+        migrations = settled_files(history, folder_history, migrations, settings)
+        chosen = [m for m in migrations if m.version <= to]
         conn = session.work
         applied = history.read_checked(conn, "baseline")
         history.ensure(conn)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.commands import history_for
+from runner.commands import offline_history
 from runner.commands.new import layout_of, rollback_header
 from runner.drafting import draft
 from runner.errors import ConfigError, ValidationError
@@ -20,16 +20,23 @@ from runner.output import log
 from runner.settings import Settings
 
 
-def rollback_name(m: files.Migration) -> str:
+def _layout(m: files.Migration, sqlx: bool) -> tuple[str, str, str]:
+    """`m`'s layout; in the sqlx format sqlx's pair whatever `m`'s suffix: sqlx reads a
+    `_rollback.sql` as a second migration, and a `.down.sql` beside a plain `.sql` as
+    its revert (SPEC §8)."""
+    return layout_of(m.name + ".up.sql" if sqlx else m.file)
+
+
+def rollback_name(m: files.Migration, sqlx: bool = False) -> str:
     """The rollback file name that pairs with `m`'s layout."""
-    return m.name + layout_of(m.file)[1]
+    return m.name + _layout(m, sqlx)[1]
 
 
-def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
+def render(plan: statements.Plan, result: draft.Draft, name: str, sqlx: bool = False) -> str:
     """The draft file's text: directive, header, body (wrapped like the forward file)."""
     m = plan.migration
     # The directive of the file's layout: sqlx honours only its own, at byte 0.
-    head = [layout_of(m.file)[2]] if result.no_transaction else []
+    head = [_layout(m, sqlx)[2]] if result.no_transaction else []
     head.append(rollback_header(m.file, name).rstrip("\n"))
     head.append(f"--\n-- Drafted by `migration-runner draft-rollback {m.version}` from {m.file}:"
                 "\n-- check it, fill in the TODOs, then commit it.")
@@ -46,19 +53,20 @@ def render(plan: statements.Plan, result: draft.Draft, name: str) -> str:
 
 def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) -> int:
     folder = settings.migrations_path
-    history = history_for(settings)  # the folder read as the history format reads it
+    history = offline_history(settings)  # the folder read as the history format reads it
     m = next((m for m in history.load(folder) if m.version == version), None)
     if m is None:
         raise ValidationError([f"draft-rollback: no forward file with version {version} in "
                                f"{str(folder)!r}; `migration-runner status` lists them"])
-    name = rollback_name(m)
+    sqlx = history.format == "sqlx"
+    name = rollback_name(m, sqlx)
     existing = m.rollback or (folder / name if (folder / name).exists() else None)
     if existing is not None and not to_stdout:
         raise ValidationError([f"draft-rollback: {existing.name} already exists; nothing "
                                "written (--stdout prints the draft to compare with it)"])
     plan = history.plan([m])[0]
     result = draft.draft(plan)
-    text = render(plan, result, name)
+    text = render(plan, result, name, sqlx)
     logger = log.get()
     if result.needs_review:
         logger.warning("rollback_draft_needs_review", version=m.version, name=m.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only, read_state
+from runner.commands import history_for, locked, read_only, read_state, settle, settled_files
 from runner.errors import MigrationError
 from runner.folder import statements
 from runner.histories.history import History, plural
@@ -19,15 +19,19 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         logger.info("migrations_skipped", reason="RUN_MIGRATIONS is false")
         return 0
     started = time.monotonic()
-    history = history_for(settings)
-    migrations = history.load(settings.migrations_path)
+    folder_history = history_for(settings)
+    migrations = folder_history.load(settings.migrations_path)
     if dry_run:
         with read_only(settings, "dry-run") as conn:
+            history = settle(settings, conn)
+            migrations = settled_files(history, folder_history, migrations, settings)
             applied = history.read_checked(conn, "migrate")
             state = read_state(history, applied, migrations, settings, to)
         print_plan(history.plan(state.comparison.pending))
         return 0
-    with locked(settings, history) as session:
+    with locked(settings) as session:
+        history = session.history
+        migrations = settled_files(history, folder_history, migrations, settings)
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
         applied = history.read_checked(session.lock.conn, "migrate")

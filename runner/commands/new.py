@@ -41,7 +41,7 @@ _FORWARD = """\
 _ROLLBACK = """\
 -- {rollback}
 -- Purpose:    undo {forward}.
---             TODO: say what is lost (rows, columns) when this runs.
+--             {unwritten_rollback}
 -- Depends on: nothing newer applied (the runner rolls back newest first).
 -- Rollback:   this is the rollback of {forward}.
 """
@@ -62,7 +62,8 @@ def layout_of(forward_file: str) -> tuple[str, str, str]:
 
 def rollback_header(forward: str, rollback: str) -> str:
     """The header of a rollback file: the one `new` writes, reused by `draft-rollback`."""
-    return _ROLLBACK.format(forward=forward, rollback=rollback)
+    return _ROLLBACK.format(forward=forward, rollback=rollback,
+                            unwritten_rollback=files.UNWRITTEN_ROLLBACK)
 
 
 def check_name(version: int, stem: str, description: str,
@@ -114,7 +115,8 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
     version = number if number is not None else max((v for v, *_ in existing), default=0) + 1
     width = max((len(text) for _, text, _, _ in existing), default=DEFAULT_WIDTH)
     stem = f"{version:0{width}d}_{description}"
-    suffixes = _layout(existing)
+    # MIGRATE_HISTORY_FORMAT=sqlx: the app's layout even in an empty folder (SPEC §8).
+    suffixes = _SQLX if settings.history_format == "sqlx" else _layout(existing)
     check_name(version, stem, description, suffixes)
     taken = [name for v, _, _, name in existing if v == version]
     if taken:
@@ -130,7 +132,7 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
     fields = {"forward": forward, "rollback": rollback, "directive": suffixes[2],
               "purpose": description.replace("_", " ").replace("-", " "),
               "depends": previous[1] if previous else "nothing (first migration)",
-              "unwritten": files.UNWRITTEN}
+              "unwritten": files.UNWRITTEN, "unwritten_rollback": files.UNWRITTEN_ROLLBACK}
     written: list[Path] = []
     try:
         for name, template in ((forward, _FORWARD), (rollback, _ROLLBACK)):

@@ -25,14 +25,19 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
         raise ConfigError("repair: say what to repair: --failed, --accept-checksums or "
                           "--mark-applied V (see --help)")
     logger = log.get()
-    history = history_for(settings)
-    folder = history.read_folder(settings.migrations_path)
+    folder_history = history_for(settings)
+    folder = folder_history.read_folder(settings.migrations_path)
     # Checksums must come from a folder that passes the file checks; --failed must work
     # even in one that does not (the files only name the rows in the log).
     if (accept_checksums or mark_applied is not None) and folder.problems:
         raise ValidationError(folder.problems)
-    by_version = {m.version: m for m in folder.migrations}
-    with locked(settings, history) as session:
+    with locked(settings) as session:
+        history = session.history
+        if history.format != folder_history.format:
+            folder = history.read_folder(settings.migrations_path)
+            if (accept_checksums or mark_applied is not None) and folder.problems:
+                raise ValidationError(folder.problems)
+        by_version = {m.version: m for m in folder.migrations}
         conn = session.work
         applied = history.read_checked(conn, "repair")
         mark = None

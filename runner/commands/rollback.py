@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only
+from runner.commands import history_for, locked, read_only, settle, settled_files
 from runner.commands.migrate import print_plan
 from runner.errors import ValidationError
 from runner.folder import files, statements
@@ -51,8 +51,9 @@ def check(history: History, chosen: list[Applied], applied: dict[int, Applied],
                             "rollback file is in this folder; use the image that applied it")
         elif m.checksum != a.checksum and not history.eol_only(m, a.checksum):
             problems.append(f"{m.file}: changed after it was applied, so its rollback may "
-                            "not match what ran; restore the file, or run `migration-runner "
-                            "repair --accept-checksums` if the edit is intended")
+                            "not match what ran; restore the file, or run "
+                            f"`{history.cli('repair --accept-checksums')}` if the edit is "
+                            "intended")
         else:
             needed.append(m)
     plans, found = history.lex_rollbacks(needed)
@@ -66,15 +67,19 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
              dry_run: bool = False) -> int:
     logger = log.get()
     started = time.monotonic()
-    history = history_for(settings)
-    migrations = history.load(settings.migrations_path)
+    folder_history = history_for(settings)
+    migrations = folder_history.load(settings.migrations_path)
     if dry_run:  # the same checks, on a read-only connection without the lock
         with read_only(settings, "dry-run") as conn:
+            history = settle(settings, conn)
+            migrations = settled_files(history, folder_history, migrations, settings)
             applied = history.read_checked(conn, "rollback")
             plans = check(history, targets(applied, steps, to), applied, migrations)
         print_plan(plans, empty="nothing to roll back")
         return 0
-    with locked(settings, history) as session:
+    with locked(settings) as session:
+        history = session.history
+        migrations = settled_files(history, folder_history, migrations, settings)
         conn = session.work
         applied = history.read_checked(conn, "rollback")
         chosen = targets(applied, steps, to)

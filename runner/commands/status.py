@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
-from runner.commands import history_for, read_only, warn_eol_only
+from runner.commands import read_only, settle, warn_eol_only
 from runner.errors import PENDING, VALIDATION, ConfigError
 from runner.folder import files
 from runner.histories.history import Applied, History, compare, named
@@ -115,14 +115,14 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     changed file, out of order, a divergent history, a pending file it cannot run), 6
     when it would apply something,
     0 when it would do nothing. A role that may not read the history: ConfigError (2)."""
-    history = history_for(settings)
-    folder = history.read_folder(settings.migrations_path)
-    for problem in folder.problems:
-        # Shown, not fatal: the operator asked what the database looks like.
-        log.get().warning("file_problem", problem=problem)
     # A person reading the table at a terminal wants the table; JSON logs stay complete.
     chatter = "debug" if settings.log_format == "console" and not as_json else "info"
     with read_only(settings, "status", level=chatter) as conn:
+        history = settle(settings, conn, level=chatter)
+        folder = history.read_folder(settings.migrations_path)
+        for problem in folder.problems:
+            # Shown, not fatal: the operator asked what the database looks like.
+            log.get().warning("file_problem", problem=problem)
         try:
             applied = history.read_checked(conn, "status")
         except psycopg.errors.InsufficientPrivilege as exc:

@@ -8,7 +8,7 @@ a CI log shows it plainly; the log gets the same list.
 
 from __future__ import annotations
 
-from runner.commands import history_for, read_only, warn_eol_only
+from runner.commands import offline_history, read_only, settle, warn_eol_only
 from runner.errors import ValidationError
 from runner.folder import files, kustomization
 from runner.histories.history import History, compare, plural
@@ -26,11 +26,15 @@ def file_problems(history: History, folder: files.Folder) -> list[str]:
 
 
 def validate(settings: Settings, offline: bool) -> int:
-    history = history_for(settings)
-    folder = history.read_folder(settings.migrations_path)
-    problems = file_problems(history, folder) + kustomization.problems(settings.migrations_path)
-    if not offline:
+    if offline:
+        history = offline_history(settings)
+        folder = history.read_folder(settings.migrations_path)
+        problems = file_problems(history, folder)
+    else:
         with read_only(settings, "validate") as conn:
+            history = settle(settings, conn)
+            folder = history.read_folder(settings.migrations_path)
+            problems = file_problems(history, folder)
             applied = history.read_if_exists(conn)
             try:  # what `migrate` would refuse first (SPEC §8)
                 history.refuse_beside_other(conn, applied, "validate")
@@ -45,6 +49,7 @@ def validate(settings: Settings, offline: bool) -> int:
                               versions=[a.version for a in comparison.missing],
                               message="applied versions have no file here (a newer image "
                                       "ran); --strict makes this an error")
+    problems += kustomization.problems(settings.migrations_path)
     if problems:
         log.print_lines(problems)
         raise ValidationError(problems)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.commands import history_for, open_connection
+from runner.commands import bookkeeping, open_connection
 from runner.errors import ConfigError, ValidationError
 from runner.output import log
 from runner.session.database import Connection
@@ -139,7 +139,7 @@ def verify(settings: Settings, schemas: list[str], write: str | None,
         if not schemas:
             schemas = sorted(expected.get("schemas", {})) if expected else []
     with open_connection(settings, "verify") as conn:
-        actual = report(conn, schemas, history_for(settings).bookkeeping)
+        actual = report(conn, schemas, bookkeeping(settings, conn))
     text = json.dumps(actual, indent=2, sort_keys=True) + "\n"
     if write:
         Path(write).write_text(text)

@@ -193,18 +193,21 @@ def tokens(text: str) -> list[Token]:
 _ANYWHERE = re.compile("|".join(f.pattern.pattern for f in FOREIGN), re.IGNORECASE)
 
 
-def foreign_directives(text: str) -> list[tuple[int, Foreign, str]]:
+def foreign_directives(text: str, no_tx: str | None = None, split: str | None = None
+                       ) -> list[tuple[int, Foreign, str]]:
     """(offset, rule, problem) for each `--` comment that is another tool's directive.
-    The scanner, which tells a comment from a string, runs only when the text has a
-    candidate at all."""
+    `no_tx` and `split`: the fixes in the folder's format's spelling (the sqlx format
+    names sqlx's directive and layout, SPEC §8). The scanner, which tells a comment from
+    a string, runs only when the text has a candidate at all."""
     if not _ANYWHERE.search(text):
         return []
     problems = []
     for token in tokens(text):
         if token.name == "SQL_COMMENT" and (rule := foreign(text[token.start:token.end])):
             comment = text[token.start:token.end].strip()
+            fix = {_NO_TX: no_tx or _NO_TX, _SPLIT: split or _SPLIT}.get(rule.fix, rule.fix)
             problems.append((token.start, rule, f"`{comment}` is a {rule.tool} directive: "
-                                                f"it {rule.does}; {rule.fix}"))
+                                                f"it {rule.does}; {fix}"))
     return problems
 
 

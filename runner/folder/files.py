@@ -21,6 +21,7 @@ BOM = "\ufeff"
 # The line `new` writes in a forward file's header. Where a file of comments only is a
 # valid no-op (the sqlx format), a file still holding it has simply not been written yet.
 UNWRITTEN = "TODO: say what this changes and why."
+UNWRITTEN_ROLLBACK = "TODO: say what is lost (rows, columns) when this runs."
 
 
 @dataclass(frozen=True)

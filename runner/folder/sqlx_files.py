@@ -23,6 +23,15 @@ from runner.folder import files, statements
 from runner.folder.files import Folder, Migration
 
 DIRECTIVE = "-- no-transaction"
+# The advice in sqlx's spelling: its directive honoured only as the file's first bytes,
+# its .up.sql / .down.sql layout.
+SPELLING = statements.Spelling(
+    "; move it to its own file that starts with `-- no-transaction` (its very first bytes: "
+    "sqlx honours no other form)",
+    "make `-- no-transaction` the file's very first bytes instead (sqlx honours no other "
+    "form)",
+    "split the file: the part above it into NNN_name.up.sql, the part below into "
+    "NNN_name.down.sql")
 UP, DOWN, SIMPLE = ".up.sql", ".down.sql", ".sql"
 _I64 = re.compile(r"[+-]?[0-9]+")  # what Rust's i64::from_str accepts
 _I64_RANGE = range(-(2**63), 2**63)
@@ -147,25 +156,29 @@ def _directive_problem(m: Migration) -> str | None:
 
 def lex(migrations: list[Migration], forward: bool
         ) -> tuple[list[statements.Plan], list[str]]:
-    """The runner's lexer, and sqlx's rules on top. `forward`: a file of comments only is
-    a no-op (sqlx applies it and records it); a `.down.sql` one stays refused (SPEC §2)."""
+    """The runner's lexer, and sqlx's rules on top. A file of comments only, or empty, is
+    a no-op, as for sqlx: applied and recorded (`forward`), or run and its row deleted
+    (a `.down.sql`: sqlx's `migrate add -r` template is one). Unless it still holds the
+    header `new` wrote: then it has just not been written yet."""
+    unwritten = files.UNWRITTEN if forward else files.UNWRITTEN_ROLLBACK
     problems: list[str] = []
     bad: set[str] = set()
     for m in migrations:
         if found_here := _directive_problem(m):
             problems.append(found_here)
             bad.add(m.file)
-    plans, found = statements.lex(migrations, empty_ok=forward)
+    plans, found = statements.lex(migrations, empty_ok=True, spelling=SPELLING)
     problems += found
     for plan in plans:
         name = plan.migration.file
-        if not plan.statements and files.UNWRITTEN in plan.migration.text:
+        if not plan.statements and unwritten in plan.migration.text:
             bad.add(name)
             problems.append(
                 f"{name}: still only the header `new` wrote; write its SQL (a file of "
-                "comments only would be recorded as applied, and its SQL never run once "
-                f"written), or, to keep it as a deliberate no-op, delete the line "
-                f"`{files.UNWRITTEN}`")
+                + ("comments only would be recorded as applied, and its SQL never run once "
+                   "written" if forward else "comments only would delete the history row "
+                   "and leave the schema")
+                + f"), or, to keep it as a deliberate no-op, delete the line `{unwritten}`")
         if plan.wrapped or (not plan.transactional and len(plan.statements) > 1):
             bad.add(name)
         if plan.wrapped:

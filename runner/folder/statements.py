@@ -18,7 +18,19 @@ if TYPE_CHECKING:
     from runner.folder import plpgsql
 
 DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
-_NEEDS_NEW_FILE = "; move it to its own file whose first line is `-- migrate:no-transaction`"
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How the advice names the no-transaction directive and the rollback layout: the
+    runner's own, or sqlx's in the sqlx format (SPEC §8), so that following it works."""
+
+    new_file: str  # fix for a statement that cannot run in the file's transaction
+    no_tx: str | None = None  # fix for another tool's no-transaction directive
+    split: str | None = None  # fix for another tool's down section (None: the runner's)
+
+
+NATIVE = Spelling("; move it to its own file whose first line is `-- migrate:no-transaction`")
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,9 @@ class _CharOffsets:
 class _File:
     """One file being lexed: its text, and `file:line:column` of an offset in it."""
 
-    def __init__(self, m: Migration) -> None:
+    def __init__(self, m: Migration, spelling: Spelling = NATIVE) -> None:
         self.m = m
+        self.spelling = spelling
         self.text = m.text
         self.chars = _CharOffsets(m.text)
         self.problems: list[str] = []
@@ -165,7 +178,7 @@ def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) ->
             continue
         if (refusal := transaction_block.refused_in_transaction(node, subs)) is not None:
             f.add(where, f"{refusal.name} cannot run inside a transaction block (PostgreSQL "
-                         f"refuses it with 25001){_NEEDS_NEW_FILE}")
+                         f"refuses it with 25001){f.spelling.new_file}")
         subs.note(node)
         _transaction_ends(f, procs, node, where, f.text[offset:offset + length])
 
@@ -177,7 +190,7 @@ def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: in
     from runner.folder import plpgsql
 
     fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
-           "invalid transaction termination)" + _NEEDS_NEW_FILE)
+           "invalid transaction termination)" + f.spelling.new_file)
     if (target := plpgsql.called(node)) is not None:
         if (end := procs.ends(target)) is not None:
             f.add(where, f"CALL {target} reaches the {end.what} of procedure {end.procedure} "
@@ -201,7 +214,8 @@ def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: in
                 break
 
 
-def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
+def _lex(m: Migration, empty_ok: bool = False,
+         spelling: Spelling = NATIVE) -> tuple[Plan | None, list[str]]:
     # The parser's JSON, not pglast's Python node objects: the same grammar and checks
     # at a fraction of the cost (no object per parse-tree node). These modules, like
     # pglast, only when a file is lexed: a pod start with nothing pending pays for none.
@@ -209,10 +223,10 @@ def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
 
     from runner.folder import directives
 
-    f = _File(m)
+    f = _File(m, spelling)
     text = m.text
     transactional = is_transactional(text)
-    foreign = directives.foreign_directives(text)
+    foreign = directives.foreign_directives(text, spelling.no_tx, spelling.split)
     try:
         tree = json.loads(parse_sql_json(text))
     except ParseError as exc:
@@ -256,14 +270,15 @@ def _lex(m: Migration, empty_ok: bool = False) -> tuple[Plan | None, list[str]]:
     return Plan(m, transactional, statements, wrapped), f.problems
 
 
-def lex(migrations: list[Migration], empty_ok: bool = False) -> tuple[list[Plan], list[str]]:
+def lex(migrations: list[Migration], empty_ok: bool = False,
+        spelling: Spelling = NATIVE) -> tuple[list[Plan], list[str]]:
     """Lex every file: the plans of the good ones and every problem of every file.
     `empty_ok`: a file of comments only is a plan of no statements, not a problem (the
-    sqlx format's forward files, SPEC §8)."""
+    sqlx format's files, SPEC §8); `spelling`: the format's names in the advice."""
     plans: list[Plan] = []
     problems: list[str] = []
     for m in migrations:
-        result, found = _lex(m, empty_ok)
+        result, found = _lex(m, empty_ok, spelling)
         problems.extend(found)
         if result is not None and not found:
             plans.append(result)

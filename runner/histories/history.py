@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from psycopg import sql
 
@@ -86,6 +86,8 @@ class History:
     other_tables: tuple[tuple[str, str], ...] = ()
     other_fix = ""
     baseline_over_other = False  # may `baseline` write beside the other format's rows?
+    # Set on the format's sessions once it is known (SPEC §8: sqlx's startup parameters).
+    session_parameters: ClassVar[dict[str, str]] = {}
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -266,7 +268,6 @@ class NativeHistory(History):
 
     format = "native"
     table = "migration_history"
-    other_tables = (("", "_sqlx_migrations"), ("public", "_sqlx_migrations"))
     other_fix = "set MIGRATE_HISTORY_FORMAT=sqlx to use that history"
 
     _DDL = """
@@ -280,8 +281,12 @@ CREATE TABLE {history} (
     status            text        NOT NULL CHECK (status IN ('applied', 'failed'))
 )"""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, sqlx_schema: str | None = None) -> None:
+        """`sqlx_schema`: where the app's `_sqlx_migrations` is (runner.histories.choice),
+        the only place the guard of SPEC §8 looks; None: not looked for."""
         super().__init__(schema)
+        if sqlx_schema is not None:
+            self.other_tables = ((sqlx_schema, "_sqlx_migrations"),)
         # Composed once: it goes out with every migration.
         self._record_applied = sql.SQL(
             "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -47,14 +48,24 @@ def lock_key(database: str) -> int:
 class SqlxHistory(History):
     format = "sqlx"
     table = "_sqlx_migrations"
-    other_tables = (("", "migration_history"),)
+    # What sqlx's connection sends at startup (sqlx-postgres src/connection/establish.rs,
+    # extra_float_digits from PgConnectOptions' default): a file that reads the clock or
+    # parses a date builds what the app's connection would.
+    session_parameters: ClassVar[dict[str, str]] = {
+        "DateStyle": "ISO, MDY", "client_encoding": "UTF8", "TimeZone": "UTC",
+        "extra_float_digits": "2"}
     other_fix = ("run `{baseline}` to move that database to the sqlx format, or set "
                  "MIGRATE_HISTORY_FORMAT=native")
     RETIRED = "migration_history_before_sqlx"
     baseline_over_other = True  # baseline is how a native database moves to sqlx
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, native_schema: str | None = None) -> None:
+        """`schema`: where `_sqlx_migrations` is (runner.histories.choice);
+        `native_schema`: MIGRATE_SCHEMA, where a native `migration_history` would be
+        (default: `schema`)."""
         super().__init__(schema)
+        self.native_schema = native_schema or schema
+        self.other_tables = ((self.native_schema, "migration_history"),)
         self._record_applied = sql.SQL(
             "INSERT INTO {} (version, description, success, checksum, execution_time) "
             "VALUES (%s, %s, TRUE, %s, COALESCE(%s, " + _ELAPSED_NS + ")) "
@@ -71,7 +82,15 @@ class SqlxHistory(History):
 
     def lex_rollbacks(self, migrations: list[Migration]
                       ) -> tuple[list[statements.Plan], list[str]]:
-        return sqlx_files.lex_rollbacks(migrations)
+        plans, problems = sqlx_files.lex_rollbacks(migrations)
+        for p in plans:
+            if not p.statements:
+                log.get().warning("empty_rollback", version=p.migration.version,
+                                  name=p.migration.name, file=p.migration.file,
+                                  message="the .down.sql holds only comments: rolling back "
+                                          "runs nothing and deletes the history row, as "
+                                          "sqlx's revert does; the schema stays as it is")
+        return plans, problems
 
     def plan(self, migrations: list[Migration]) -> list[statements.Plan]:
         plans = super().plan(migrations)
@@ -134,8 +153,8 @@ class SqlxHistory(History):
         would read it, find the newer files pending and apply them a second time. Kept,
         not dropped: it is the record of what ran before the move. In the caller's
         transaction; a ValidationError when the new name is taken."""
-        old = sql.Identifier(self.schema, "migration_history")
-        new = sql.Identifier(self.schema, self.RETIRED)
+        old = sql.Identifier(self.native_schema, "migration_history")
+        new = sql.Identifier(self.native_schema, self.RETIRED)
         row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL, "
                            "pg_catalog.to_regclass(%s) IS NOT NULL",
                            (old.as_string(conn), new.as_string(conn))).fetchone()

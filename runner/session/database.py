@@ -117,3 +117,12 @@ def backend_pid(conn: Connection) -> int:
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def set_parameters(conn: Connection, parameters: dict[str, str]) -> None:
+    """Set `parameters` (name: value) for the rest of the session, as startup parameters
+    would: at session level, so RESET ALL in the migrations' session reset sets them again
+    (runner.applying.apply reads what the session SET)."""
+    if parameters:
+        calls = ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(parameters))
+        conn.execute(f"SELECT {calls}", [x for pair in parameters.items() for x in pair])
