@@ -1,10 +1,10 @@
 """The container image, built and run for real (SPEC §7, issue 4).
 
 The image is built once per session with buildah from the repository's Dockerfile on the
-stand-in base image (../shared/TOOLING.md; `bash .ci/image-tools` creates it), then run
-with podman the way Kubernetes runs it under the restricted profile: uid 10001, read-only
-root file system (no tmpfs either), all capabilities dropped, no new privileges,
-`--network host` to reach the test PostgreSQL on 127.0.0.1.
+stand-in base image (`bash .ci/image-tools` creates it; docs/deploying.md, "How CI tests
+all this"), then run with podman the way Kubernetes runs it under the restricted profile:
+uid 10001, read-only root file system (no tmpfs either), all capabilities dropped, no new
+privileges, `--network host` to reach the test PostgreSQL on 127.0.0.1.
 
     pytest -m image tests/test_image.py
 
