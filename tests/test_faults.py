@@ -249,6 +249,12 @@ def test_ddl_lock_retries_used_up_exit_1(db: Db, migrations: Files) -> None:
         blocker.close()
     assert result.code == 1
     assert result.event("migration_failed")["sqlstate"] == "55P03"
+    # The last word says what to do (too short a wait for the watch to name the blocker,
+    # whom tests/test_watch.py sees named): find it, or raise the two settings.
+    error = result.event("run_failed")["error"]
+    assert "gave up after 2 attempts of MIGRATE_DDL_LOCK_TIMEOUT=0.1s" in error, error
+    assert "find the session holding the lock (pg_stat_activity)" in error, error
+    assert "MIGRATE_DDL_LOCK_RETRIES (now 1) or MIGRATE_DDL_LOCK_TIMEOUT" in error, error
     assert db.scalar("SELECT count(*) FROM migration_audit WHERE NOT success") == 2
     assert not db.scalar("SELECT count(*) FROM migration_history")
 

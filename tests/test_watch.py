@@ -78,6 +78,9 @@ def test_lock_timeout_failure_and_termination_message_name_the_blocker(
     pid = blocker.info.backend_pid
     assert f"blocked by pid {pid} (pacs-server-test, idle in transaction for " in (
         termination.read_text())
+    assert ("gave up after 1 attempt of MIGRATE_DDL_LOCK_TIMEOUT=2.5s: end that session or "
+            "wait for it to finish, then run again, or raise MIGRATE_DDL_LOCK_RETRIES (now 0)"
+            ) in termination.read_text()
     assert MARKER not in result.stderr and MARKER not in termination.read_text()
 
 

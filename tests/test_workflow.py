@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Db, runner_env
+from tests.pg import Cluster
 
 try:
     import yaml  # PyYAML, which kubernetes-validate brings
@@ -112,3 +113,51 @@ def test_a_step_fails_when_a_down_file_leaves_something_behind(db: Db, tmp_path:
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     with pytest.raises(AssertionError, match="roll everything back"):
         run_steps(migrate, repo, env)
+
+
+def guide_steps() -> tuple[str, str]:
+    """The migration guide's "Adding a migration" commands: (up to writing the SQL, after)."""
+    text = (ROOT / "migrations" / "README.md").read_text()
+    block = text.split("## Adding a migration", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    before, after = block.split("# write the SQL", 1)
+    return before, after.split("\n", 1)[1]
+
+
+def test_the_guides_steps_for_a_new_migration_pass_ci(db: Db, cluster: Cluster,
+                                                      tmp_path: Path) -> None:
+    """A new migration made as migrations/README.md says, then the shipped workflow on a
+    fresh database: it passes, `verify --expect migrations/schema.json` included."""
+    repo = tmp_path / "app"
+    shutil.copytree(ROOT / "migrations", repo / "migrations")
+    env = runner_env(db.url, None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    tool("migration-runner")
+    tool("squawk")
+    before, after = guide_steps()
+
+    def sh(script: str) -> str:
+        proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+                              cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{script}\n{proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    exports = "\n".join(line for line in before.splitlines() if line.startswith("export "))
+    written = sh(before).split()
+    forward = repo / written[0]
+    assert forward.name == "004_add_study_notes.up.sql", written
+    forward.write_text(forward.read_text() + "CREATE TABLE annotation.study_notes (\n"
+                       "    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+                       "    note text NOT NULL\n);\n")
+    sh(f"{exports}\nmigration-runner draft-rollback 4")  # as the guide's comment says
+    sh(f"{exports}\n{after}")
+    assert "study_notes" in (repo / "migrations" / "schema.json").read_text()
+
+    ci = f"ci_{db.name}"
+    with cluster.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{ci}"')
+    migrate = workflow()["jobs"]["migrate"]
+    ci_env = runner_env(cluster.url(ci), None, **{k: str(v) for k, v in migrate["env"].items()
+                                                  if k != "DATABASE_URL"})
+    ci_env["PATH"] = env["PATH"]
+    assert len(run_steps(migrate, repo, ci_env)) == 5
+    assert run_steps(workflow()["jobs"]["squawk"], repo, ci_env)
