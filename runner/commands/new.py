@@ -114,8 +114,7 @@ def _existing(folder: Path) -> list[tuple[int, str, str, str]]:
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
-        raise ConfigError(f"new: migrations folder {str(folder)!r} cannot be read: "
-                          f"{exc.strerror}; set MIGRATIONS_DIR or --dir") from None
+        raise files.unreadable(folder, exc) from None
     found = []
     for name in names:
         parts = files.split_name(name) if not name.startswith(".") else None
