@@ -93,7 +93,8 @@ def connect(settings: Settings, purpose: str) -> Connection:
             raise UnreachableError(
                 f"database {target} not reachable within {wait_timeout:g}s: {message}",
                 sqlstate=sqlstate, target=target) from None
-        raise UnreachableError(f"database {target} refused the connection: {message}",
+        raise UnreachableError(f"database {target} "
+                               f"{connect_failure.refusal(sqlstate, message)}: {message}",
                                sqlstate=sqlstate, target=target) from None
     _set_session(conn)
     return conn
