@@ -79,8 +79,15 @@ def connect(settings: Settings, purpose: str) -> Connection:
         sleep=time.sleep,
         reraise=True,
     )
+    def attempt() -> Connection:
+        password_file = settings.database_password_file
+        if password_file:
+            kwargs["password"] = cinfo.read_password_file(password_file)
+        conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        return conn
+
     try:
-        conn: Connection = retrying(connect_failure.VerboseConnection.connect, conninfo, **kwargs)
+        conn: Connection = retrying(attempt)
     except psycopg.OperationalError as exc:
         message = cinfo.scrub(connect_failure.message(exc))
         sqlstate, reason = connect_failure.classify(exc)
