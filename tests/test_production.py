@@ -10,9 +10,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from tests.conftest import PASSWORD, Db, Runner, run
+from tests.conftest import PASSWORD, ROOT, Db, Runner, run, wait_until
 from tests.pg import Cluster
 
 # --- TLS: sslmode=verify-full with a mounted CA bundle ----------------------------------
@@ -160,3 +161,85 @@ def test_an_unreadable_password_file_is_a_configuration_error(
     result = run(db.url, folder, "status", DATABASE_PASSWORD_FILE=str(tmp_path / "none"))
     assert result.code == 2
     assert result.events[-1]["error"].startswith("DATABASE_PASSWORD_FILE ")
+
+
+# --- after a deadline kill ---------------------------------------------------------------
+
+
+def test_a_run_killed_in_a_no_transaction_file_says_what_to_do_next(
+        db: Db, migrations: Path) -> None:
+    """activeDeadlineSeconds ends in SIGKILL: nothing of the runner's own handling runs,
+    and the next run's refusal is all the operator gets."""
+    import signal
+
+    folder = migrations({"001_slow.sql": "-- migrate:no-transaction\nSELECT pg_sleep(60);\n",
+                         "001_slow_rollback.sql": "SELECT 1;\n"})
+    runner = Runner(db.url, folder, "migrate")
+    runner.wait_for_event("migration_started")
+    wait_until(lambda: bool(db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' "
+        "AND datname = %s", (db.name,))), what="the file's statement running")
+    runner.proc.send_signal(signal.SIGKILL)
+    assert runner.finish().code == -signal.SIGKILL
+    refused = run(db.url, folder, "migrate", MIGRATE_LOCK_TIMEOUT="60s")
+    assert refused.code == 5, refused.stderr
+    error = refused.event("run_failed")["error"]
+    for needle in ("001_slow.sql: failed part-way", "activeDeadlineSeconds",
+                   "INVALID index", "DROP INDEX CONCURRENTLY", "repair --failed",
+                   "repair --mark-applied 1"):
+        assert needle in error, (needle, error)
+
+
+# --- two roles: the migrator (DDL) and the app (rows) ------------------------------------
+
+
+def role_sql() -> list[str]:
+    """The two SQL blocks of docs/deploying.md, "Two roles": (as the admin, as the migrator)."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    section = text.split("### Two roles: the migrator and the app", 1)[1].split("\n### ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```sql\n")[1:]]
+    assert len(blocks) == 2, blocks
+    return blocks
+
+
+def test_the_documented_roles_migrate_as_migrator_and_the_app_gets_rows_only(db: Db) -> None:
+    migrator, app = f"{db.name}_migrator", f"{db.name}_app"
+
+    def named(sql: str) -> str:
+        return (sql.replace("pacs_migrator", migrator).replace("pacs_app", app)
+                .replace("DATABASE pacs ", f'DATABASE "{db.name}" '))
+
+    as_admin, as_migrator = (named(block) for block in role_sql())
+    db.execute(as_admin)
+    url = db.cluster.url(db.name, user=migrator)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(as_migrator)
+    result = run(url, ROOT / "migrations", "migrate", MIGRATE_HISTORY_FORMAT="sqlx")
+    assert result.code == 0, result.stderr
+    verified = run(url, ROOT / "migrations", "verify", "--expect", "migrations/schema.json",
+                   MIGRATE_HISTORY_FORMAT="sqlx")
+    assert verified.code == 0, verified.stdout + verified.stderr
+    assert db.scalar("SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles "
+                     "WHERE rolname = %s", (migrator,)) is False
+
+    with psycopg.connect(db.cluster.url(db.name, user=app), autocommit=True) as conn:
+        # The app's reads: the permission catalogue, joined as the app joins it.
+        granted = conn.execute(
+            "SELECT count(*) FROM security.role_permission rp "
+            "JOIN security.roles r ON r.id = rp.role_id "
+            "JOIN security.permissions p ON p.id = rp.permission_id").fetchone()
+        assert granted == (30,)
+        # ... and its writes (an identity column: the sequence's USAGE).
+        conn.execute("INSERT INTO security.users (username, email) "
+                     "VALUES ('ada', 'ada@example.org')")
+        conn.execute("UPDATE security.users SET display_name = 'Ada' WHERE username = 'ada'")
+        assert conn.execute("SELECT count(*) FROM annotation.masks").fetchone() == (0,)
+        # No DDL, anywhere.
+        for ddl in ("CREATE TABLE security.app_made (id int)",
+                    "ALTER TABLE security.users ADD COLUMN app_made int",
+                    "DROP TABLE annotation.masks",
+                    "CREATE INDEX ON security.users (display_name)",
+                    "CREATE SCHEMA app_made",
+                    "CREATE TABLE public.app_made (id int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(ddl)
