@@ -103,7 +103,8 @@ def test_compose_refuses_to_start_without_a_password(tmp_path: Path) -> None:
 def _ci_postgres() -> str:
     """The PostgreSQL image the shipped CI workflow tests the migrations on."""
     yaml = pytest.importorskip("yaml")  # PyYAML, which kubernetes-validate brings
-    workflow = yaml.safe_load((ROOT / ".github/workflows/migrations.yml").read_text())
+    path = ROOT / "templates" / "app-repo" / ".github" / "workflows" / "migrations.yml"
+    workflow = yaml.safe_load(path.read_text())
     image: str = workflow["jobs"]["migrate"]["services"]["postgres"]["image"]
     return image
 

@@ -38,7 +38,13 @@ KUBERNETES_VERSIONS = ["1.30", "1.37"]
 # etcd refuses objects over 1 MiB; client-side `kubectl apply` (and ArgoCD's default) copies
 # the object into the last-applied-configuration annotation, and annotations hold 256 KiB.
 CONFIGMAP_LIMIT = 256 * 1024
-RUNNER_IMAGE = "migration-runner"
+RUNNER_IMAGE = "migration-runner"  # the image name the manifests use; prod maps it to the
+# app's migrations image (the runner with the app's folder baked in), dev to the runner
+RUNNER_IMAGES = ("/migration-runner:", "/pacs-server-migrations:")
+
+
+def is_runner(container: dict[str, Any]) -> bool:
+    return any(name in container["image"] for name in RUNNER_IMAGES)
 MIGRATOR_SECRET, APP_SECRET = "pacs-database-migrator", "pacs-database-app"
 
 
@@ -182,7 +188,7 @@ def test_app_deployment_has_the_runner_as_init_container(path: str, run_migratio
     inits = spec.get("initContainers", [])
     assert [c["name"] for c in inits] == ["migrate"]
     init = inits[0]
-    assert RUNNER_IMAGE in init["image"], init["image"]
+    assert is_runner(init), init["image"]
     assert init.get("args", ["migrate"]) == ["migrate"]
     env = env_of(init)
     assert env["RUN_MIGRATIONS"] == run_migrations
@@ -192,7 +198,7 @@ def test_app_deployment_has_the_runner_as_init_container(path: str, run_migratio
     assert not any(isinstance(v, str) and "postgresql://" in v for v in env.values()), (
         "URL in plain env"
     )
-    assert all(RUNNER_IMAGE not in c["image"] for c in spec["containers"]), (
+    assert not any(is_runner(c) for c in spec["containers"]), (
         "the app container is the app"
     )
 
@@ -261,7 +267,7 @@ def test_the_runner_and_the_app_read_separate_secrets(path: str) -> None:
     for where, spec in pod_specs(path):
         for c in containers(spec):
             secret = env_of(c)["DATABASE_URL"]["secretKeyRef"]["name"]
-            want = MIGRATOR_SECRET if RUNNER_IMAGE in c["image"] else APP_SECRET
+            want = MIGRATOR_SECRET if is_runner(c) else APP_SECRET
             assert secret == want, f"k8s/{path} {where}/{c['name']} reads {secret}"
             seen.add(secret)
     assert APP_SECRET in seen or path == "overlays/prod/migrate"
@@ -307,7 +313,7 @@ def test_prod_job_is_an_argocd_presync_hook_with_limits() -> None:
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
-    assert RUNNER_IMAGE in container["image"]
+    assert is_runner(container), container["image"]
     assert container.get("args", ["migrate"]) == ["migrate"]
     env = env_of(container)
     assert env.get("RUN_MIGRATIONS", "true") == "true"
@@ -522,7 +528,7 @@ def test_the_runner_shares_the_apps_sqlx_history_and_the_app_does_not_migrate(pa
     for where, spec in pod_specs(path):
         for c in containers(spec):
             env = env_of(c)
-            if RUNNER_IMAGE in c["image"]:
+            if is_runner(c):
                 assert env.get("MIGRATE_HISTORY_FORMAT") == "sqlx", f"{where}/{c['name']}"
             else:
                 assert env.get("RUN_MIGRATIONS") == "false", f"{where}/{c['name']}"

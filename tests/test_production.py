@@ -38,8 +38,8 @@ def make_certificates(folder: Path, server_name: str) -> None:
             cwd=folder)
 
 
-@pytest.fixture(scope="module")
-def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+@pytest.fixture(scope="module", name="tls_cluster")
+def tls_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
     """A server with ssl=on and a certificate for `localhost` only; (cluster, CA file)."""
     if shutil.which("openssl") is None:
         pytest.skip("no openssl CLI")

@@ -1,4 +1,5 @@
-""".github/workflows/migrations.yml, the CI the app's repository copies (issue 13 item 7):
+"""templates/app-repo/.github/workflows/migrations.yml, the CI the app's repository copies
+(issue 13 item 7, issue 22 B):
 actionlint passes on it, and its steps' commands, run as GitHub would run them (bash -e
 -o pipefail, the job's env, the repository as working directory), pass against a real
 PostgreSQL — with the runner and squawk of this checkout standing in for the image and
@@ -25,7 +26,7 @@ except ImportError:  # pragma: no cover
         raise
     pytest.skip("PyYAML not installed (bash .ci/image-tools)", allow_module_level=True)
 
-WORKFLOW = ROOT / ".github" / "workflows" / "migrations.yml"
+WORKFLOW = ROOT / "templates" / "app-repo" / ".github" / "workflows" / "migrations.yml"
 BIN = Path(sys.executable).parent
 
 
@@ -161,3 +162,29 @@ def test_the_guides_steps_for_a_new_migration_pass_ci(db: Db, cluster: Cluster,
     ci_env["PATH"] = env["PATH"]
     assert len(run_steps(migrate, repo, ci_env)) == 5
     assert run_steps(workflow()["jobs"]["squawk"], repo, ci_env)
+
+
+def test_the_image_job_builds_checks_and_pushes_what_prod_pins() -> None:
+    """The release flow (issue 22 B): the migrations image is built on the runner image
+    the migrate job runs, applied to a fresh database on its own, pushed on a release tag
+    only, under the name prod pins for the Job, with the app's tag."""
+    spec = workflow()
+    image = spec["jobs"]["image"]
+    assert set(image["needs"]) == {"squawk", "migrate"}
+    assert spec["env"]["RUNNER_IMAGE"] == spec["jobs"]["migrate"]["container"]["image"]
+    steps = {s.get("name", ""): s for s in image["steps"]}
+    commands = "\n".join(s.get("run", "") for s in image["steps"])
+    assert "docker build -f Dockerfile.migrations" in commands
+    assert "migrations:ci migrate" in commands and "verify --expect" in commands
+    push = next(s for name, s in steps.items() if "push" in name)
+    assert push["if"] == "startsWith(github.ref, 'refs/tags/v')"
+    assert "docker push" in push["run"] and "docker push" not in commands.replace(push["run"], "")
+    assert image["services"]["postgres"]["image"] == spec["jobs"]["migrate"]["services"][
+        "postgres"]["image"]
+
+    pins = yaml.safe_load((ROOT / "k8s/overlays/prod/images/kustomization.yaml").read_text())
+    pinned = {i["name"]: i for i in pins["images"]}
+    assert pinned["migration-runner"]["newName"] == spec["env"]["MIGRATIONS_IMAGE"]
+    assert pinned["migration-runner"]["newTag"] == pinned["pacs-server"]["newTag"], (
+        "one release: the migrations image carries the app's tag")
+    assert (ROOT / "templates/app-repo/Dockerfile.migrations").exists()
