@@ -243,3 +243,16 @@ def test_the_documented_roles_migrate_as_migrator_and_the_app_gets_rows_only(db:
                     "CREATE TABLE public.app_made (id int)"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(ddl)
+
+
+def test_the_password_file_wins_over_the_urls_password(
+        cluster_with_password: tuple[str, str], migrations: Path, tmp_path: Path) -> None:
+    url, password = cluster_with_password
+    secret = tmp_path / "password"
+    secret.write_text(f"  {password}\n")  # as a Secret volume may hold it
+    secret.chmod(0o444)
+    folder = migrations({"001_a.up.sql": "SELECT 1;\n", "001_a.down.sql": "SELECT 1;\n"})
+    result = run(url.replace(password, "stale-password"), folder, "status",
+                 DATABASE_PASSWORD_FILE=str(secret))
+    assert result.code == 0, result.stderr
+    assert password not in result.stderr + result.stdout
