@@ -3,8 +3,12 @@
 # has succeeded. A failed (or timed-out) Job stops the script at once, before the new
 # Deployment exists, and prints the Job's log; the running pods stay as they are.
 #
-#   k8s/deploy-prod.sh                 # kubectl's current context
-#   NAMESPACE=pacs TIMEOUT=15m k8s/deploy-prod.sh
+#   k8s/deploy-prod.sh                 # kubectl's current context, namespace pacs
+#   NAMESPACE=pacs-staging TIMEOUT=15m k8s/deploy-prod.sh
+#
+# NAMESPACE is where everything goes: overlays/prod/migrate and overlays/prod/app name
+# none, so `kubectl -n` decides (overlays/prod, ArgoCD's, sets pacs). Runs on bash 3.2
+# (macOS's /bin/bash) as on bash 5.
 #
 # With ArgoCD, none of this is needed: k8s/argocd/application.yaml syncs
 # k8s/overlays/prod, where the Job is a PreSync hook (docs/deploying.md).
@@ -17,15 +21,18 @@ timeout=${TIMEOUT:-15m}   # the Job's own activeDeadlineSeconds is 900 s
 
 # A Job's pod template cannot change: the previous run's Job goes first.
 kubectl -n "$ns" delete job "$job" --ignore-not-found --wait=true
-kubectl apply -k "$here/overlays/prod/migrate"
+kubectl -n "$ns" apply -k "$here/overlays/prod/migrate"
 
 # Complete OR Failed, whichever comes first (kubectl wait ANDs several --for): two
 # waiters, the first to return ends the wait, and the Job's conditions then decide.
+# Polled with kill -0 rather than `wait -n`, which bash < 4.3 lacks.
 kubectl -n "$ns" wait "job/$job" --for=condition=complete --timeout="$timeout" >/dev/null &
 complete=$!
 kubectl -n "$ns" wait "job/$job" --for=condition=failed --timeout="$timeout" >/dev/null &
 failed=$!
-wait -n || true   # the only two background jobs (bash 4.3+)
+while kill -0 "$complete" 2>/dev/null && kill -0 "$failed" 2>/dev/null; do
+  sleep 1
+done
 kill "$complete" "$failed" 2>/dev/null || true
 wait "$complete" "$failed" 2>/dev/null || true
 
@@ -41,5 +48,5 @@ case " $state " in
     ;;
 esac
 
-kubectl apply -k "$here/overlays/prod/app"
+kubectl -n "$ns" apply -k "$here/overlays/prod/app"
 kubectl -n "$ns" rollout status deployment/pacs-server --timeout="$timeout"

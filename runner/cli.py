@@ -88,7 +88,8 @@ def _repair(settings: Settings, args: argparse.Namespace) -> int:
 def _new(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import new as new_cmd
 
-    return new_cmd.new(settings, args.description, number=args.number)
+    return new_cmd.new(settings, args.description, number=args.number,
+                       no_transaction=args.no_transaction)
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -165,6 +166,9 @@ def build_parser() -> Parser:
                    help="letters, digits, _ and -, e.g. add_study_notes")
     p.add_argument("--number", type=_version, metavar="V",
                    help="use version V instead of the next one")
+    p.add_argument("--no-transaction", action="store_true",
+                   help="a file that runs outside a transaction (CREATE INDEX CONCURRENTLY): "
+                   "the folder's directive as its first line")
     p = command("verify", _verify, "report the schema as JSON, or compare it with a snapshot "
                 "(exit 5 on drift)")
     p.add_argument("--report-schema", action="append", metavar="NAME",

@@ -85,6 +85,9 @@ SPECS = [
          "postgresql:// URI or libpq key=value string (default: the PG* variables, as psql)"),
     Spec("database_url_file", "DATABASE_URL_FILE", "--database-url-file", str, None,
          "read the database URL from this file (a mounted Secret)"),
+    Spec("database_password_file", "DATABASE_PASSWORD_FILE", "--database-password-file", str,
+         None, "read the password from this file at every connection attempt (a token "
+         "refreshed while the runner waits is used)"),
     Spec("migrations_dir", "MIGRATIONS_DIR", "--dir", str, "migrations",
          "folder of migration files"),
     Spec("run_migrations", "RUN_MIGRATIONS", None, parse_bool, True, ""),
@@ -158,6 +161,7 @@ class Settings:
     # MIGRATE_SCHEMA given (SPEC §8): else the sqlx history is wherever the session's
     # search_path finds it, as the app's unqualified `_sqlx_migrations` is.
     schema_explicit: bool = False
+    database_password_file: str | None = None
 
     @property
     def migrations_path(self) -> Path:

@@ -539,3 +539,20 @@ def test_commands_never_show_the_password(app_db: tuple[str, str], migrations: F
     assert wrong.code == 3
     for result in [*outputs, wrong]:
         assert password not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["migrate"], ["migrate", "--dry-run"], ["status"], ["status", "--exit-code"],
+    ["validate"], ["validate", "--offline"], ["rollback"], ["rollback", "--dry-run"],
+    ["baseline", "--to", "1"], ["repair", "--failed"], ["new", "add_x"],
+    ["draft-rollback", "1"],
+], ids=" ".join)
+@pytest.mark.parametrize("history_format", ["native", "sqlx"])
+def test_a_missing_migrations_folder_is_one_error_for_every_command(
+        db: Db, tmp_path: Path, args: list[str], history_format: str) -> None:
+    missing = tmp_path / "no-such-folder"
+    result = run(db.url, missing, *args, MIGRATE_HISTORY_FORMAT=history_format)
+    assert result.code == 2, result.stderr
+    assert result.events[-1]["error"] == (f"migrations folder {str(missing)!r} cannot be read: "
+                                          "No such file or directory; set MIGRATIONS_DIR or --dir")
+    assert not missing.exists()

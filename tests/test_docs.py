@@ -40,7 +40,8 @@ def guide_squawk_command() -> str:
 def test_ci_runs_the_guides_squawk_command() -> None:
     command = guide_squawk_command()
     assert command in (ROOT / ".ci" / "run").read_text()
-    assert command in (ROOT / ".github" / "workflows" / "migrations.yml").read_text()
+    assert command in (ROOT / "templates" / "app-repo" / ".github" / "workflows" /
+                       "migrations.yml").read_text()
 
 
 def squawk(folder: Path) -> subprocess.CompletedProcess[str]:

@@ -414,3 +414,39 @@ ALTER TABLE fresh ADD CHECK (id > 0), ADD FOREIGN KEY (id) REFERENCES items (id)
         "DROP TABLE fresh;",
     ]
     assert result.event("rollback_draft_needs_review")["lines"] == [2, 3]
+
+
+@pytest.mark.parametrize("existing", [{"1_a.sql": "SELECT 1;\n", "1_a_rollback.sql": "SELECT 1;\n"},
+                                      {"1_a.up.sql": "SELECT 1;\n", "1_a.down.sql": "SELECT 1;\n"}])
+@pytest.mark.parametrize("no_transaction", [False, True])
+def test_the_guides_order_new_then_draft_replaces_the_untouched_stub(
+        db: Db, migrations: Files, existing: dict[str, str | bytes],
+        no_transaction: bool) -> None:
+    """`new`, write the forward file, `draft-rollback`: the stub `new` wrote gives way to
+    the draft; a stub someone edited, even by one character, does not."""
+    folder = migrations(existing)
+    flags = ["--no-transaction"] if no_transaction else []
+    forward, rollback = (Path(p) for p in ok(run(None, folder, "new", *flags, "x")).stdout.split())
+    sql = ("CREATE INDEX CONCURRENTLY IF NOT EXISTS ix ON t (id);\n" if no_transaction
+           else "CREATE TABLE t2 (id int);\n")
+    forward.write_text(forward.read_text() + sql)
+    stub = rollback.read_text()
+
+    touched = stub.replace("TODO: say what is lost", "TODO: say what is lost!")
+    rollback.write_text(touched)
+    refused = run(None, folder, "draft-rollback", "2")
+    assert refused.code == 5 and rollback.name in refused.event("run_failed")["error"]
+    assert rollback.read_text() == touched
+
+    rollback.write_text(stub)
+    drafted = ok(run(None, folder, "draft-rollback", "2"))
+    assert drafted.stdout.split() == [str(rollback)]
+    assert drafted.event("rollback_drafted")["replaced_stub"] is True
+    text = rollback.read_text()
+    assert ("DROP INDEX CONCURRENTLY IF EXISTS ix;" if no_transaction
+            else "DROP TABLE t2;") in text, text
+    assert "Drafted by `migration-runner draft-rollback 2`" in text
+    # The pair runs: forward, the drafted rollback, forward again.
+    db.execute("CREATE TABLE t (id int)")
+    for command in (["migrate"], ["rollback", "--steps", "1"], ["migrate"]):
+        ok(run(db.url, folder, *command))

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import Db, Runner, run, wait_until
+from tests.conftest import PASSWORD, Db, Runner, run, wait_until
 from tests.pg import Cluster, free_port
 
 Files = Callable[[dict[str, str | bytes]], Path]
@@ -202,6 +202,24 @@ def test_wrong_password_exit_3_at_once(
     assert "db_wait_retry" not in result.names()
     assert result.events[-1]["sqlstate"] == "28P01"
     assert "wrong-password" not in result.stderr
+    # Not to be mistaken for nothing listening ("connection refused", retried).
+    error = result.events[-1]["error"]
+    assert "rejected the login: wrong password, or no such user" in error, error
+    assert "refused the connection" not in error
+
+
+def test_a_role_that_may_not_log_in_is_not_a_wrong_password(
+        password_cluster: Cluster, migrations: Files) -> None:
+    with password_cluster.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS nologin_role")
+        conn.execute(f"CREATE ROLE nologin_role NOLOGIN PASSWORD '{PASSWORD}'")
+    url = password_cluster.url("app", user="nologin_role")
+    result = run(url, migrations({"1_a.sql": "SELECT 1;"}), MIGRATE_WAIT_TIMEOUT="60s")
+    assert result.code == 3
+    assert result.events[-1]["sqlstate"] == "28000"
+    error = result.events[-1]["error"]
+    assert "rejected the login: no pg_hba.conf entry allows" in error, error
+    assert "the role may not log in" in error and "wrong password" not in error
 
 
 def test_missing_database_exit_3_at_once(cluster: Cluster, migrations: Files) -> None:
@@ -209,6 +227,7 @@ def test_missing_database_exit_3_at_once(cluster: Cluster, migrations: Files) ->
     assert result.code == 3
     assert result.events[-1]["sqlstate"] == "3D000"
     assert "db_wait_retry" not in result.names()
+    assert "has no such database" in result.events[-1]["error"]
 
 
 def _blocker(db: Db) -> psycopg.Connection[tuple[object, ...]]:
@@ -249,6 +268,12 @@ def test_ddl_lock_retries_used_up_exit_1(db: Db, migrations: Files) -> None:
         blocker.close()
     assert result.code == 1
     assert result.event("migration_failed")["sqlstate"] == "55P03"
+    # The last word says what to do (too short a wait for the watch to name the blocker,
+    # whom tests/test_watch.py sees named): find it, or raise the two settings.
+    error = result.event("run_failed")["error"]
+    assert "gave up after 2 attempts of MIGRATE_DDL_LOCK_TIMEOUT=0.1s" in error, error
+    assert "find the session holding the lock (pg_stat_activity)" in error, error
+    assert "MIGRATE_DDL_LOCK_RETRIES (now 1) or MIGRATE_DDL_LOCK_TIMEOUT" in error, error
     assert db.scalar("SELECT count(*) FROM migration_audit WHERE NOT success") == 2
     assert not db.scalar("SELECT count(*) FROM migration_history")
 

@@ -1,10 +1,10 @@
 """The container image, built and run for real (SPEC §7, issue 4).
 
 The image is built once per session with buildah from the repository's Dockerfile on the
-stand-in base image (../shared/TOOLING.md; `bash .ci/image-tools` creates it), then run
-with podman the way Kubernetes runs it under the restricted profile: uid 10001, read-only
-root file system (no tmpfs either), all capabilities dropped, no new privileges,
-`--network host` to reach the test PostgreSQL on 127.0.0.1.
+stand-in base image (`bash .ci/image-tools` creates it; docs/deploying.md, "How CI tests
+all this"), then run with podman the way Kubernetes runs it under the restricted profile:
+uid 10001, read-only root file system (no tmpfs either), all capabilities dropped, no new
+privileges, `--network host` to reach the test PostgreSQL on 127.0.0.1.
 
     pytest -m image tests/test_image.py
 
@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Db, Result, Runner, parse_events, wait_until
+from tests.test_production import tls_cluster_fixture, tls_url  # noqa: F401  (a fixture)
 
 STANDIN = "localhost/python-standin:test"
 TAG = "localhost/migration-runner:test"
@@ -62,10 +63,11 @@ def require(*names: str) -> None:
 # --- static checks: no container engine needed ---------------------------------------------
 
 
-def test_dockerfile_lints_clean() -> None:
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "templates/app-repo/Dockerfile.migrations"])
+def test_dockerfile_lints_clean(dockerfile: str) -> None:
     require("hadolint")
     proc = subprocess.run(
-        [tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")],  # type: ignore[list-item]
+        [tool("hadolint"), "--no-color", str(ROOT / dockerfile)],  # type: ignore[list-item]
         capture_output=True,
         text=True,
         timeout=60,
@@ -438,3 +440,65 @@ def _no_leftover_containers() -> Iterator[None]:
         ).stdout.split()
         if ids:
             podman("rm", "-f", *ids, check=False)
+
+
+# --- the app's migrations image (templates/app-repo/Dockerfile.migrations, issue 22 B) ---------
+
+
+def build_migrations_image(runner_image: str, app_repo: Path,
+                           tag: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["buildah", "bud", "--isolation", "chroot", "--build-arg", f"RUNNER_IMAGE={runner_image}",
+         "-f", str(ROOT / "templates" / "app-repo" / "Dockerfile.migrations"), "-t", tag,
+         str(app_repo)],
+        capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.image
+def test_the_apps_migrations_image_holds_its_folder_only_and_migrates(
+        image: str, db: Db, tmp_path: Path) -> None:
+    """Built FROM the runner image with the app repository's migrations/: the runner's own
+    baked-in files are gone, the app's applied, as the prod Job runs it."""
+    repo = tmp_path / "app"
+    (repo / "migrations").mkdir(parents=True)
+    (repo / "migrations" / "001_app_notes.up.sql").write_text(
+        "CREATE TABLE app_notes (id bigint PRIMARY KEY, note text);\n")
+    (repo / "migrations" / "001_app_notes.down.sql").write_text("DROP TABLE app_notes;\n")
+    (repo / "migrations" / "schema.json").write_text("{}")  # not a migration: left out
+    tag = "localhost/app-migrations:test"
+    built = build_migrations_image(image, repo, tag)
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    listed = subprocess.run([*PODMAN_RUN, "--entrypoint", "ls", tag, "-1", "/migrations"],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.stdout.split() == ["001_app_notes.down.sql", "001_app_notes.up.sql"], listed
+    result = run_container(tag, db.url, args=("migrate",))
+    assert result.code == 0, result.stderr
+    assert db.table_exists("public.app_notes") and not db.table_exists("security.users")
+    assert db.scalar("SELECT count(*) FROM _sqlx_migrations") == 1, "sqlx, as the app keeps it"
+
+    # A folder the runner refuses fails the build, not the rollout.
+    (repo / "migrations" / "002_bad.up.sql").write_text("CREATE TABLE bad (id int;\n")
+    (repo / "migrations" / "002_bad.down.sql").write_text("DROP TABLE bad;\n")
+    refused = build_migrations_image(image, repo, "localhost/app-migrations:bad")
+    assert refused.returncode != 0
+    assert "002_bad.up.sql" in refused.stdout + refused.stderr
+
+
+@pytest.mark.image
+def test_verify_full_in_the_read_only_non_root_image(
+        image: str, tls_cluster: tuple[Any, Path], tmp_path: Path) -> None:
+    """The CA bundle mounted read-only and named by PGSSLROOTCERT, as k8s/overlays/prod/rds-tls
+    mounts it: verified; a URL naming another host: exit 3, saying why."""
+    cluster, ca = tls_cluster
+    bundle = tmp_path / "rds"
+    bundle.mkdir()
+    shutil.copy(ca, bundle / "global-bundle.pem")
+    mounts = ((bundle, "/etc/ssl/rds:ro"),)
+    env = {"PGSSLROOTCERT": "/etc/ssl/rds/global-bundle.pem", "MIGRATE_WAIT_TIMEOUT": "30s"}
+    ok = run_container(image, tls_url(cluster, "localhost"), mounts=mounts, env=env,
+                       args=("status",))
+    assert ok.code == 0, ok.stderr
+    wrong = run_container(image, tls_url(cluster, "127.0.0.1"), mounts=mounts, env=env,
+                          args=("status",))
+    assert wrong.code == 3, wrong.stderr
+    assert "failed TLS verification" in wrong.events[-1]["error"]

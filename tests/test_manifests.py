@@ -38,7 +38,14 @@ KUBERNETES_VERSIONS = ["1.30", "1.37"]
 # etcd refuses objects over 1 MiB; client-side `kubectl apply` (and ArgoCD's default) copies
 # the object into the last-applied-configuration annotation, and annotations hold 256 KiB.
 CONFIGMAP_LIMIT = 256 * 1024
-RUNNER_IMAGE = "migration-runner"
+RUNNER_IMAGE = "migration-runner"  # the image name the manifests use; prod maps it to the
+# app's migrations image (the runner with the app's folder baked in), dev to the runner
+RUNNER_IMAGES = ("/migration-runner:", "/pacs-server-migrations:")
+
+
+def is_runner(container: dict[str, Any]) -> bool:
+    return any(name in container["image"] for name in RUNNER_IMAGES)
+MIGRATOR_SECRET, APP_SECRET = "pacs-database-migrator", "pacs-database-app"
 
 
 def tool(name: str) -> str:
@@ -174,17 +181,14 @@ def test_every_container_runs_restricted(path: str) -> None:
 # --- the Deployment and its initContainer -----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("path", "run_migrations"),
-    [("overlays/dev", "true"), ("overlays/prod", "false"), ("overlays/prod/app", "false")],
-)
+@pytest.mark.parametrize(("path", "run_migrations"), [("overlays/dev", "true")])
 def test_app_deployment_has_the_runner_as_init_container(path: str, run_migrations: str) -> None:
     deployment = one(path, "Deployment", "pacs-server")
     spec = deployment["spec"]["template"]["spec"]
     inits = spec.get("initContainers", [])
     assert [c["name"] for c in inits] == ["migrate"]
     init = inits[0]
-    assert RUNNER_IMAGE in init["image"], init["image"]
+    assert is_runner(init), init["image"]
     assert init.get("args", ["migrate"]) == ["migrate"]
     env = env_of(init)
     assert env["RUN_MIGRATIONS"] == run_migrations
@@ -194,7 +198,7 @@ def test_app_deployment_has_the_runner_as_init_container(path: str, run_migratio
     assert not any(isinstance(v, str) and "postgresql://" in v for v in env.values()), (
         "URL in plain env"
     )
-    assert all(RUNNER_IMAGE not in c["image"] for c in spec["containers"]), (
+    assert not any(is_runner(c) for c in spec["containers"]), (
         "the app container is the app"
     )
 
@@ -207,7 +211,17 @@ def test_app_deployment_has_the_runner_as_init_container(path: str, run_migratio
     assert find(path, "ConfigMap", cm_name), f"ConfigMap {cm_name} is not in the rendered output"
 
 
-@pytest.mark.parametrize("path", OVERLAYS)
+@pytest.mark.parametrize("path", ["overlays/prod", "overlays/prod/app"])
+def test_prod_app_has_no_migrate_init_container_and_no_migrations_configmap(path: str) -> None:
+    """The Job migrates in prod: an initContainer that only skipped, mounting the hashed
+    ConfigMap, rolled every pod on each migration change for nothing (issue 22 A4)."""
+    spec = one(path, "Deployment", "pacs-server")["spec"]["template"]["spec"]
+    assert not spec.get("initContainers"), spec.get("initContainers")
+    assert "migrations" not in {v["name"] for v in spec["volumes"]}
+    assert not find(path, "ConfigMap", "pacs-migrations")
+
+
+@pytest.mark.parametrize("path", ["overlays/dev"])
 def test_migrations_configmap_holds_every_sql_file_under_the_size_limit(path: str) -> None:
     cm = one(path, "ConfigMap", "pacs-migrations-")
     on_disk = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "migrations").glob("*.sql")}
@@ -223,16 +237,59 @@ def test_migrations_configmap_holds_every_sql_file_under_the_size_limit(path: st
     )
 
 
-def test_dev_has_a_placeholder_secret_and_no_job() -> None:
-    secret = one("overlays/dev", "Secret", "pacs-database")
-    assert (secret["metadata"].get("annotations") or {}).get(
-        "pacs.example.com/placeholder"
-    ) == "true"
+def test_dev_has_placeholder_secrets_and_no_job() -> None:
+    secrets = {d["metadata"]["name"]: d for d in find("overlays/dev", "Secret")}
+    assert set(secrets) == {MIGRATOR_SECRET, APP_SECRET}
+    for secret in secrets.values():
+        assert (secret["metadata"].get("annotations") or {}).get(
+            "pacs.example.com/placeholder"
+        ) == "true"
     assert not find("overlays/dev", "Job")
     deployment = one("overlays/dev", "Deployment", "pacs-server")
     init = deployment["spec"]["template"]["spec"]["initContainers"][0]
     ref = env_of(init)["DATABASE_URL"]["secretKeyRef"]["name"]
-    assert ref == secret["metadata"]["name"], "the initContainer must use the generated Secret"
+    assert ref == MIGRATOR_SECRET, "the initContainer must use the generated migrator Secret"
+
+
+def test_dev_renders_the_namespace_it_deploys_to() -> None:
+    """`kubectl apply -k k8s/overlays/dev` on a fresh cluster: the namespace is made too."""
+    rendered = docs("overlays/dev")
+    (namespace,) = [d for d in rendered if d["kind"] == "Namespace"]
+    others = {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"}
+    assert others == {namespace["metadata"]["name"]} == {"pacs-dev"}
+
+
+@pytest.mark.parametrize("path", [*OVERLAYS, *PROD_PARTS])
+def test_the_runner_and_the_app_read_separate_secrets(path: str) -> None:
+    """Least privilege: the migrator role (DDL) for every runner, the app role for the app;
+    no container reads the other's Secret (issue 22 A3)."""
+    seen = set()
+    for where, spec in pod_specs(path):
+        for c in containers(spec):
+            secret = env_of(c)["DATABASE_URL"]["secretKeyRef"]["name"]
+            want = MIGRATOR_SECRET if is_runner(c) else APP_SECRET
+            assert secret == want, f"k8s/{path} {where}/{c['name']} reads {secret}"
+            seen.add(secret)
+    assert APP_SECRET in seen or path == "overlays/prod/migrate"
+    assert MIGRATOR_SECRET in seen or path == "overlays/prod/app"
+
+
+@pytest.mark.parametrize("path", ["overlays/prod", *PROD_PARTS])
+def test_prod_verifies_the_servers_certificate_with_a_mounted_ca_bundle(path: str) -> None:
+    """verify-full needs the CA: PGSSLROOTCERT names a file in a read-only mount of the
+    ConfigMap `rds-ca-bundle`, in the Job and in the app (issue 22 A1)."""
+    checked = 0
+    for where, spec in pod_specs(path):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            root_cert = env_of(c).get("PGSSLROOTCERT")
+            assert root_cert, f"{where}/{c['name']}: no PGSSLROOTCERT"
+            mount = next(m for m in c["volumeMounts"]
+                         if root_cert.startswith(m["mountPath"].rstrip("/") + "/"))
+            assert mount.get("readOnly") is True
+            assert volumes[mount["name"]]["configMap"]["name"] == "rds-ca-bundle"
+            checked += 1
+    assert checked
 
 
 def test_prod_keeps_credentials_out_of_git() -> None:
@@ -256,7 +313,7 @@ def test_prod_job_is_an_argocd_presync_hook_with_limits() -> None:
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
-    assert RUNNER_IMAGE in container["image"]
+    assert is_runner(container), container["image"]
     assert container.get("args", ["migrate"]) == ["migrate"]
     env = env_of(container)
     assert env.get("RUN_MIGRATIONS", "true") == "true"
@@ -272,13 +329,12 @@ def test_prod_job_is_an_argocd_presync_hook_with_limits() -> None:
     assert {1, 2, 5} <= fail_codes and not {3, 4} & fail_codes, rules
 
 
-def test_prod_job_uses_the_same_runner_image_as_the_init_container() -> None:
+def test_prod_job_runs_the_runner_image_pinned_in_prod_images() -> None:
     job = one("overlays/prod", "Job")
-    deployment = one("overlays/prod", "Deployment", "pacs-server")
-    assert (
-        job["spec"]["template"]["spec"]["containers"][0]["image"]
-        == deployment["spec"]["template"]["spec"]["initContainers"][0]["image"]
-    )
+    pins = yaml.safe_load((K8S / "overlays/prod/images/kustomization.yaml").read_text())
+    (pin,) = [i for i in pins["images"] if i["name"] == RUNNER_IMAGE]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"{pin['newName']}:{pin['newTag']}", image
 
 
 @pytest.mark.parametrize("path", OVERLAYS)
@@ -360,22 +416,22 @@ def test_an_overlays_pins_reach_every_container_they_name(
             name = "pacs-server" if where.endswith("/pacs-server") else "migration-runner"
             assert image == want[name], f"k8s/{path} {where}: {image}"
             seen.add(where)
-    expected = {"Deployment/pacs-server/migrate", "Deployment/pacs-server/pacs-server"}
-    if "prod" in pins:
-        expected.add("Job/pacs-migrate/migrate")
+    expected = {"Deployment/pacs-server/pacs-server"}
+    expected.add("Job/pacs-migrate/migrate" if "prod" in pins else "Deployment/pacs-server/migrate")
     assert seen == expected
 
 
 def test_prod_splits_into_a_job_alone_and_an_app_without_it() -> None:
     migrate = docs("overlays/prod/migrate")
     assert [(d["kind"], d["metadata"]["name"]) for d in migrate] == [("Job", "pacs-migrate")]
-    assert migrate[0]["metadata"]["namespace"] == "pacs"
     app = docs("overlays/prod/app")
-    assert "Job" not in {d["kind"] for d in app}
-    assert {d["kind"] for d in app} == {"ConfigMap", "Deployment"}
-    assert all(d["metadata"]["namespace"] == "pacs" for d in app)
-    # The ArgoCD path is exactly the two halves.
+    assert {d["kind"] for d in app} == {"Deployment"}
+    # No namespace in the halves: deploy-prod.sh's `kubectl -n "$NAMESPACE"` decides.
+    assert all("namespace" not in d["metadata"] for d in [*app, *migrate])
+    # The ArgoCD path is exactly the two halves, in namespace pacs.
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    for d in [*app, *migrate]:
+        d["metadata"]["namespace"] = "pacs"
     assert sorted(docs("overlays/prod"), key=key) == sorted([*app, *migrate], key=key)
 
 
@@ -391,9 +447,10 @@ exit 0
 """
 
 
-@pytest.mark.parametrize("outcome", ["Complete", "Failed", "timeout"])
+@pytest.mark.parametrize(("outcome", "namespace"), [
+    ("Complete", None), ("Failed", None), ("timeout", None), ("Complete", "pacs-staging")])
 def test_deploy_prod_applies_the_app_only_after_the_job_completed(
-    tmp_path: Path, outcome: str
+    tmp_path: Path, outcome: str, namespace: str | None
 ) -> None:
     """k8s/deploy-prod.sh against a kubectl that plays the API server: the app is applied
     only after the Job reported Complete; Failed or a timeout stops the script at once."""
@@ -404,24 +461,43 @@ def test_deploy_prod_applies_the_app_only_after_the_job_completed(
     log_file = tmp_path / "kubectl.log"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
            "KUBECTL_LOG": str(log_file), "OUTCOME": outcome}
+    env.pop("NAMESPACE", None)
+    if namespace:
+        env["NAMESPACE"] = namespace
+    ns = namespace or "pacs"
     started = time.monotonic()
     proc = subprocess.run(["bash", str(K8S / "deploy-prod.sh")], env=env,
                           capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 20, "the first waiter to return must end the wait"
     calls = log_file.read_text().splitlines()
+    # Every call in the one namespace, the objects applied carrying none of their own.
+    assert all(c.startswith(f"-n {ns} ") for c in calls), calls
     step = lambda needle: next(i for i, c in enumerate(calls) if needle in c)  # noqa: E731
     assert step("delete job pacs-migrate") < step("apply -k") < step("get job/pacs-migrate")
     assert calls[step("apply -k")].endswith("overlays/prod/migrate")
-    applied_app = [c for c in calls if c.startswith("apply -k") and c.endswith("/prod/app")]
+    applied_app = [c for c in calls if "apply -k" in c and c.endswith("/prod/app")]
     if outcome == "Complete":
         assert proc.returncode == 0, proc.stderr
         assert applied_app and step("/prod/app") > step("get job/pacs-migrate")
-        assert calls[-1].startswith("-n pacs rollout status deployment/pacs-server")
+        assert calls[-1].startswith(f"-n {ns} rollout status deployment/pacs-server")
     else:
         assert proc.returncode == 1
         assert not applied_app, calls
         assert "not rolling out" in proc.stderr
-        assert any(c.startswith("-n pacs logs job/pacs-migrate") for c in calls)
+        assert any(c.startswith(f"-n {ns} logs job/pacs-migrate") for c in calls)
+
+
+def test_deploy_prod_needs_no_bash_4() -> None:
+    """macOS ships bash 3.2: none of what came in bash 4 (`wait -n`, associative arrays,
+    mapfile, case-changing expansions, `&>>`, `|&`, `;&`)."""
+    import re
+
+    code = "\n".join(line.split(" #")[0] for line in
+                     (K8S / "deploy-prod.sh").read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    for construct in (r"\bwait\s+-n\b", r"\bdeclare\s+-A\b", r"\b(mapfile|readarray)\b",
+                      r"\$\{\w+(,,|\^\^)", r"&>>", r"\|&", r";;&", r"(?<!;);&"):
+        assert not re.search(construct, code), construct
 
 
 def test_deploying_md_gives_the_script_as_the_no_argocd_way() -> None:
@@ -432,8 +508,8 @@ def test_deploying_md_gives_the_script_as_the_no_argocd_way() -> None:
 
 
 def test_dev_secret_has_the_name_the_deployment_and_the_docs_use(tmp_path: Path) -> None:
-    secret = one("overlays/dev", "Secret", "pacs-database")
-    assert secret["metadata"]["name"] == "pacs-database", "no hash suffix: replaceable by hand"
+    names = {d["metadata"]["name"] for d in find("overlays/dev", "Secret")}
+    assert names == {MIGRATOR_SECRET, APP_SECRET}, "no hash suffix: replaceable by hand"
     # The documented other way: drop the generator and create the Secret by hand.
     root = copy_tree(tmp_path)
     dev = root / "overlays" / "dev" / "kustomization.yaml"
@@ -444,7 +520,7 @@ def test_dev_secret_has_the_name_the_deployment_and_the_docs_use(tmp_path: Path)
     assert "Secret" not in {d["kind"] for d in rendered}
     for where, spec_ in pod_specs("overlays/dev", root):
         for c in containers(spec_):
-            assert env_of(c)["DATABASE_URL"]["secretKeyRef"]["name"] == "pacs-database", where
+            assert env_of(c)["DATABASE_URL"]["secretKeyRef"]["name"] in names, where
 
 
 @pytest.mark.parametrize("path", [*OVERLAYS, *PROD_PARTS])
@@ -452,7 +528,7 @@ def test_the_runner_shares_the_apps_sqlx_history_and_the_app_does_not_migrate(pa
     for where, spec in pod_specs(path):
         for c in containers(spec):
             env = env_of(c)
-            if RUNNER_IMAGE in c["image"]:
+            if is_runner(c):
                 assert env.get("MIGRATE_HISTORY_FORMAT") == "sqlx", f"{where}/{c['name']}"
             else:
                 assert env.get("RUN_MIGRATIONS") == "false", f"{where}/{c['name']}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.folder import files, kustomization
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, Db, run
 
 Files = Callable[..., Path]
 KUSTOMIZATION = """\
@@ -156,3 +156,55 @@ def test_rollback_help_says_what_happens_to_a_version_0() -> None:
     text = " ".join(result.stdout.split())
     assert "0: all" not in text
     assert "--to 0 rolls back all but a version 0" in text, text
+
+
+@pytest.mark.parametrize(("existing", "directive"), [
+    ({"001_a.up.sql": "SELECT 1;", "001_a.down.sql": "SELECT 1;"}, "-- no-transaction\n"),
+    ({"001_a.sql": "SELECT 1;", "001_a_rollback.sql": "SELECT 1;"},
+     "-- migrate:no-transaction\n"),
+])
+def test_new_no_transaction_writes_the_folders_directive_first_and_says_so(
+        db: Db, migrations: Files, existing: dict[str, str], directive: str) -> None:
+    folder = migrations(existing)
+    result = run(None, folder, "new", "--no-transaction", "index_t")
+    assert result.code == 0, result.stderr
+    forward, rollback = (Path(p) for p in result.stdout.split())
+    assert result.event("migration_created")["no_transaction"] is True
+    for path in (forward, rollback):
+        assert path.read_bytes().startswith(directive.encode()), path.name  # sqlx: byte 0
+    header = forward.read_text()
+    assert "Runs outside a transaction" in header
+    assert "Runs in one transaction" not in header
+    forward.write_text(header + "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_t ON t (id);\n")
+    rollback.write_text(rollback.read_text() + "DROP INDEX CONCURRENTLY IF EXISTS ix_t;\n")
+    assert run(None, folder, "validate", "--offline").code == 0
+    # A CONCURRENTLY in a transaction would fail with 25001: it ran outside one.
+    db.execute("CREATE TABLE t (id int)")
+    assert run(db.url, folder, "migrate").code == 0
+    assert db.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_t'") == 1
+    assert run(db.url, folder, "rollback", "--steps", "1").code == 0
+    assert db.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_t'") == 0
+
+
+def test_without_no_transaction_the_header_says_one_transaction(migrations: Files) -> None:
+    folder = migrations({"001_a.up.sql": "SELECT 1;", "001_a.down.sql": "SELECT 1;"})
+    forward = Path(run(None, folder, "new", "b").stdout.split()[0])
+    assert forward.read_text().startswith("-- 002_b.up.sql\n")
+    assert "Runs in one transaction" in forward.read_text()
+
+
+def test_news_down_stub_filled_with_drops_passes_the_guides_squawk(tmp_path: Path) -> None:
+    from tests.test_docs import squawk
+
+    folder = tmp_path / "migrations"
+    shutil.copytree(ROOT / "migrations", folder)
+    result = run(None, folder, "new", "add_study_notes")
+    forward, rollback = (Path(p) for p in result.stdout.split())
+    forward.write_text(forward.read_text() + "ALTER TABLE annotation.masks ADD COLUMN note text;\n"
+                       "CREATE TABLE annotation.notes (id bigint GENERATED ALWAYS AS IDENTITY "
+                       "PRIMARY KEY, body text);\n")
+    rollback.write_text(rollback.read_text() + "DROP TABLE annotation.notes;\n"
+                        "ALTER TABLE annotation.masks DROP COLUMN note;\n")
+    checked = squawk(tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "squawk-ignore-file ban-drop-column," in rollback.read_text()

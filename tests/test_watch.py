@@ -78,6 +78,9 @@ def test_lock_timeout_failure_and_termination_message_name_the_blocker(
     pid = blocker.info.backend_pid
     assert f"blocked by pid {pid} (pacs-server-test, idle in transaction for " in (
         termination.read_text())
+    assert ("gave up after 1 attempt of MIGRATE_DDL_LOCK_TIMEOUT=2.5s: end that session or "
+            "wait for it to finish, then run again, or raise MIGRATE_DDL_LOCK_RETRIES (now 0)"
+            ) in termination.read_text()
     assert MARKER not in result.stderr and MARKER not in termination.read_text()
 
 
@@ -230,3 +233,27 @@ def test_live_status_line_on_a_terminal_in_console_format_only(
     db.execute("DROP TABLE migration_history, migration_audit")
     shown = _on_a_terminal(db, folder, "json")
     assert "applying" not in shown and '"event": "migration_applied"' in shown
+
+
+@pytest.mark.parametrize("width", [80, 60, 40])
+def test_live_status_line_keeps_the_blockers_pids_within_the_terminal_width(width: int) -> None:
+    """An 80-column terminal cut the line after the first blocker's description: the pids
+    of the others, the ones to look up, were lost."""
+    from types import SimpleNamespace
+
+    from runner.applying.live import status
+    from runner.applying.watch import Running, describe_blockers
+
+    blockers = [{"pid": 4242 + i, "application_name": "pacs-server-reporting-worker",
+                 "state": "idle in transaction", "xact_age_s": 192.0} for i in range(3)]
+    running = Running(plan=SimpleNamespace(migration=SimpleNamespace(  # type: ignore[arg-type]
+        file="004_add_masks_project_id.up.sql")), started=time.monotonic(), next_progress=0)
+    running.blocked_by = blockers
+    running.waiting = f"lock (relation), blocked by {describe_blockers(blockers)}"
+    watch = SimpleNamespace(running=running)
+    assert len(status(watch)) > 160, "unbounded: the whole description"  # type: ignore[arg-type]
+    line = status(watch, width)  # type: ignore[arg-type]
+    assert len(line) <= width or line.startswith("blocked by pid 4242, 4243, 4244"), line
+    assert "blocked by pid 4242, 4243, 4244" in line[:width], line
+    running.waiting = "IO: DataFileRead"  # not a lock: nothing to shorten
+    assert status(watch, width).endswith("waiting: IO: DataFileRead")  # type: ignore[arg-type]

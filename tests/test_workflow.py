@@ -1,4 +1,5 @@
-""".github/workflows/migrations.yml, the CI the app's repository copies (issue 13 item 7):
+"""templates/app-repo/.github/workflows/migrations.yml, the CI the app's repository copies
+(issue 13 item 7, issue 22 B):
 actionlint passes on it, and its steps' commands, run as GitHub would run them (bash -e
 -o pipefail, the job's env, the repository as working directory), pass against a real
 PostgreSQL — with the runner and squawk of this checkout standing in for the image and
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Db, runner_env
+from tests.pg import Cluster
 
 try:
     import yaml  # PyYAML, which kubernetes-validate brings
@@ -24,7 +26,7 @@ except ImportError:  # pragma: no cover
         raise
     pytest.skip("PyYAML not installed (bash .ci/image-tools)", allow_module_level=True)
 
-WORKFLOW = ROOT / ".github" / "workflows" / "migrations.yml"
+WORKFLOW = ROOT / "templates" / "app-repo" / ".github" / "workflows" / "migrations.yml"
 BIN = Path(sys.executable).parent
 
 
@@ -112,3 +114,77 @@ def test_a_step_fails_when_a_down_file_leaves_something_behind(db: Db, tmp_path:
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     with pytest.raises(AssertionError, match="roll everything back"):
         run_steps(migrate, repo, env)
+
+
+def guide_steps() -> tuple[str, str]:
+    """The migration guide's "Adding a migration" commands: (up to writing the SQL, after)."""
+    text = (ROOT / "migrations" / "README.md").read_text()
+    block = text.split("## Adding a migration", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    before, after = block.split("# write the SQL", 1)
+    return before, after.split("\n", 1)[1]
+
+
+def test_the_guides_steps_for_a_new_migration_pass_ci(db: Db, cluster: Cluster,
+                                                      tmp_path: Path) -> None:
+    """A new migration made as migrations/README.md says, then the shipped workflow on a
+    fresh database: it passes, `verify --expect migrations/schema.json` included."""
+    repo = tmp_path / "app"
+    shutil.copytree(ROOT / "migrations", repo / "migrations")
+    env = runner_env(db.url, None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    tool("migration-runner")
+    tool("squawk")
+    before, after = guide_steps()
+
+    def sh(script: str) -> str:
+        proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+                              cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{script}\n{proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    exports = "\n".join(line for line in before.splitlines() if line.startswith("export "))
+    written = sh(before).split()
+    forward = repo / written[0]
+    assert forward.name == "004_add_study_notes.up.sql", written
+    forward.write_text(forward.read_text() + "CREATE TABLE annotation.study_notes (\n"
+                       "    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+                       "    note text NOT NULL\n);\n")
+    sh(f"{exports}\nmigration-runner draft-rollback 4")  # as the guide's comment says
+    sh(f"{exports}\n{after}")
+    assert "study_notes" in (repo / "migrations" / "schema.json").read_text()
+
+    ci = f"ci_{db.name}"
+    with cluster.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{ci}"')
+    migrate = workflow()["jobs"]["migrate"]
+    ci_env = runner_env(cluster.url(ci), None, **{k: str(v) for k, v in migrate["env"].items()
+                                                  if k != "DATABASE_URL"})
+    ci_env["PATH"] = env["PATH"]
+    assert len(run_steps(migrate, repo, ci_env)) == 5
+    assert run_steps(workflow()["jobs"]["squawk"], repo, ci_env)
+
+
+def test_the_image_job_builds_checks_and_pushes_what_prod_pins() -> None:
+    """The release flow (issue 22 B): the migrations image is built on the runner image
+    the migrate job runs, applied to a fresh database on its own, pushed on a release tag
+    only, under the name prod pins for the Job, with the app's tag."""
+    spec = workflow()
+    image = spec["jobs"]["image"]
+    assert set(image["needs"]) == {"squawk", "migrate"}
+    assert spec["env"]["RUNNER_IMAGE"] == spec["jobs"]["migrate"]["container"]["image"]
+    steps = {s.get("name", ""): s for s in image["steps"]}
+    commands = "\n".join(s.get("run", "") for s in image["steps"])
+    assert "docker build -f Dockerfile.migrations" in commands
+    assert "migrations:ci migrate" in commands and "verify --expect" in commands
+    push = next(s for name, s in steps.items() if "push" in name)
+    assert push["if"] == "startsWith(github.ref, 'refs/tags/v')"
+    assert "docker push" in push["run"] and "docker push" not in commands.replace(push["run"], "")
+    assert image["services"]["postgres"]["image"] == spec["jobs"]["migrate"]["services"][
+        "postgres"]["image"]
+
+    pins = yaml.safe_load((ROOT / "k8s/overlays/prod/images/kustomization.yaml").read_text())
+    pinned = {i["name"]: i for i in pins["images"]}
+    assert pinned["migration-runner"]["newName"] == spec["env"]["MIGRATIONS_IMAGE"]
+    assert pinned["migration-runner"]["newTag"] == pinned["pacs-server"]["newTag"], (
+        "one release: the migrations image carries the app's tag")
+    assert (ROOT / "templates/app-repo/Dockerfile.migrations").exists()

@@ -342,6 +342,15 @@ class Applier:
             from runner.applying.watch import describe_blockers
 
             text += f"; blocked by {describe_blockers(error['blocked_by'])}"
+        if error["sqlstate"] in RETRYABLE and extra.get("attempts"):
+            whom = ("end that session or wait for it to finish" if error.get("blocked_by")
+                    else "find the session holding the lock (pg_stat_activity) and end it "
+                    "or wait for it")
+            attempts = extra["attempts"]
+            text += (f"; gave up after {attempts} attempt{'s' if attempts > 1 else ''} of "
+                     f"MIGRATE_DDL_LOCK_TIMEOUT={self.settings.ddl_lock_timeout:g}s: {whom}, "
+                     "then run again, or raise MIGRATE_DDL_LOCK_RETRIES (now "
+                     f"{self.settings.ddl_lock_retries}) or MIGRATE_DDL_LOCK_TIMEOUT")
         if extra.get("partial"):
             text += (f"; statements completed before it: {extra['completed']} of "
                      f"{extra['statements']}; " + way.partial.format(

@@ -27,17 +27,28 @@ from runner.applying.watch import Watch
 from runner.settings import Settings
 
 
-def status(watch: Watch) -> str:
-    """`applying 004_x.sql  12s  index build 45%  waiting: ...`, or "" between files."""
+def status(watch: Watch, width: int | None = None) -> str:
+    """`applying 004_x.sql  12s  index build 45%  waiting: ...`, or "" between files.
+
+    `width` (columns): the terminal cuts what is longer, so a line naming blockers is
+    shortened first to their pids, then to the pids ahead of the file name: the pid to
+    look up is what a person needs most, and never what gets cut."""
     running = watch.running
     if running is None:
         return ""
-    text = f"applying {running.plan.migration.file}  {time.monotonic() - running.started:.0f}s"
+    file, elapsed = running.plan.migration.file, f"{time.monotonic() - running.started:.0f}s"
+    text = f"applying {file}  {elapsed}"
     if running.percent is not None:
         text += f"  index build {running.percent:.0f}%"
-    if running.waiting:
-        text += f"  waiting: {running.waiting}"
-    return text
+    if not running.waiting:
+        return text
+    full = f"{text}  waiting: {running.waiting}"
+    blocked = running.waiting.startswith("lock (") and running.blocked_by
+    if width is None or len(full) <= width or not blocked:
+        return full
+    pids = "blocked by pid " + ", ".join(str(b["pid"]) for b in running.blocked_by)
+    short = f"{text}  waiting: lock, {pids}"
+    return short if len(short) <= width else f"{pids}  {elapsed}  applying {file}"
 
 
 class _Above:
@@ -79,7 +90,14 @@ def live_status(settings: Settings, watch: Watch) -> Iterator[None]:
                 ncols=None if sized else 80, nrows=None if sized else 24)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(
         _Above(tqdm.write, stream)))  # type: ignore[arg-type]
-    watch.on_tick = lambda: line.set_description_str(status(watch), refresh=True)
+
+    def width() -> int:
+        try:
+            return os.get_terminal_size(stream.fileno()).columns if sized else 80
+        except OSError:
+            return 80
+
+    watch.on_tick = lambda: line.set_description_str(status(watch, width()), refresh=True)
     try:
         yield
     finally:

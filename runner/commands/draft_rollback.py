@@ -3,8 +3,9 @@
 The draft comes from the forward file's parse tree (runner.drafting.draft) under the header `new`
 writes. It is named after the forward file's layout: `NNN_x_rollback.sql` beside
 `NNN_x.sql`, `NNN_x.down.sql` beside `NNN_x.up.sql` (SPEC §2). An existing rollback file
-is never overwritten; `--stdout` prints the draft instead, e.g. to compare with it. No
-database needed.
+is never overwritten, unless it is still, byte for byte, the stub `new` wrote (the guide's
+order: `new`, write the forward file, then draft); `--stdout` prints the draft instead,
+e.g. to compare with it. No database needed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.commands import offline_history
-from runner.commands.new import layout_of, rollback_header
+from runner.commands.new import layout_of, rollback_header, rollback_stub
 from runner.drafting import draft
 from runner.errors import ConfigError, ValidationError
 from runner.folder import files, statements
@@ -61,6 +62,9 @@ def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) ->
     sqlx = history.format == "sqlx"
     name = rollback_name(m, sqlx)
     existing = m.rollback or (folder / name if (folder / name).exists() else None)
+    stub = existing is not None and _is_stub(existing, m.file)
+    if stub:
+        existing = None
     if existing is not None and not to_stdout:
         raise ValidationError([f"draft-rollback: {existing.name} already exists; nothing "
                                "written (--stdout prints the draft to compare with it)"])
@@ -76,17 +80,29 @@ def draft_rollback(settings: Settings, version: int, to_stdout: bool = False) ->
         print(text, end="")
     else:
         path = folder / name
-        _write(path, text)
+        _write(path, text, replace=stub)
         print(path)
     logger.info("rollback_drafted", version=m.version, name=m.name, file=m.file,
                 rollback=name, drops=result.drops, written=not to_stdout,
-                no_transaction=result.no_transaction)
+                replaced_stub=stub and not to_stdout, no_transaction=result.no_transaction)
     return 0
 
 
-def _write(path: Path, text: str) -> None:
+def _is_stub(path: Path, forward: str) -> bool:
+    """Whether the rollback file is still what `new` wrote for `forward`, untouched."""
+    directive = layout_of(forward)[2]
     try:
-        with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text in (rollback_stub(forward, path.name, None),
+                    rollback_stub(forward, path.name, directive))
+
+
+def _write(path: Path, text: str, replace: bool = False) -> None:
+    try:
+        # "x": never overwrite, but the untouched stub `new` wrote
+        with open(path, "w" if replace else "x", encoding="utf-8") as f:
             f.write(text)
     except FileExistsError:
         raise ValidationError([f"draft-rollback: {path.name} already exists; nothing "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from runner.drafting import draft
 from runner.errors import ConfigError, ValidationError
 from runner.folder import files, kustomization
 from runner.output import log
@@ -28,15 +29,22 @@ DEFAULT_WIDTH = 3
 MAX_DESCRIPTION = 200
 
 _FORWARD = """\
--- {forward}
+{first}-- {forward}
 -- Purpose:    {purpose}
 --             {unwritten}
 -- Depends on: {depends}
 -- Rollback:   {rollback}
 --
+{how}"""
+_IN_TRANSACTION = """\
 -- Runs in one transaction; the runner sets lock_timeout itself, so no SET here.
 -- For CREATE INDEX CONCURRENTLY and friends, make this the first line of the file:
 --   {directive}
+"""
+_OUTSIDE_TRANSACTION = """\
+-- Runs outside a transaction (the first line says so; keep it first): only for what a
+-- transaction refuses, e.g. CREATE INDEX CONCURRENTLY IF NOT EXISTS. One statement, safe
+-- to run again; stopped part-way it leaves a `failed` history row until `repair`.
 """
 _ROLLBACK = """\
 -- {rollback}
@@ -44,6 +52,14 @@ _ROLLBACK = """\
 --             {unwritten_rollback}
 -- Depends on: nothing newer applied (the runner rolls back newest first).
 -- Rollback:   this is the rollback of {forward}.
+"""
+# What squawk, the folder's linter, says of a DROP in a rollback file is moot: dropping is
+# its point. draft-rollback lists the rules its draft trips; the stub, before any SQL,
+# all of them.
+_ROLLBACK_STUB = """\
+{first}{header}
+-- Dropping is the point of a rollback file:
+-- squawk-ignore-file {rules}
 """
 # (forward suffix, rollback suffix, the no-transaction directive both readers honour)
 _PLAIN = (".sql", "_rollback.sql", "-- migrate:no-transaction")
@@ -64,6 +80,14 @@ def rollback_header(forward: str, rollback: str) -> str:
     """The header of a rollback file: the one `new` writes, reused by `draft-rollback`."""
     return _ROLLBACK.format(forward=forward, rollback=rollback,
                             unwritten_rollback=files.UNWRITTEN_ROLLBACK)
+
+
+def rollback_stub(forward: str, rollback: str, directive: str | None) -> str:
+    """The whole rollback file `new` writes: `directive` (or None) as its first line, the
+    header, the squawk line. `draft-rollback` replaces a file still exactly this."""
+    return _ROLLBACK_STUB.format(first=f"{directive}\n" if directive else "",
+                                 header=rollback_header(forward, rollback),
+                                 rules=", ".join(draft.SQUAWK_DROP_RULES))
 
 
 def check_name(version: int, stem: str, description: str,
@@ -91,8 +115,7 @@ def _existing(folder: Path) -> list[tuple[int, str, str, str]]:
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
-        raise ConfigError(f"new: migrations folder {str(folder)!r} cannot be read: "
-                          f"{exc.strerror}; set MIGRATIONS_DIR or --dir") from None
+        raise files.unreadable(folder, exc) from None
     found = []
     for name in names:
         parts = files.split_name(name) if not name.startswith(".") else None
@@ -107,7 +130,11 @@ def _layout(existing: list[tuple[int, str, str, str]]) -> tuple[str, str, str]:
     return _SQLX if newest and newest[1] == ".up" else _PLAIN
 
 
-def new(settings: Settings, description: str, number: int | None = None) -> int:
+def new(settings: Settings, description: str, number: int | None = None,
+        no_transaction: bool = False) -> int:
+    """Write the pair; `no_transaction`: both files start with the no-transaction
+    directive of the folder's layout (sqlx's `-- no-transaction` at byte 0 for `.up.sql`,
+    which is the only place sqlx looks), and the forward header says so."""
     if len(description) > MAX_DESCRIPTION:
         raise ConfigError(f"new: description longer than {MAX_DESCRIPTION} characters")
     folder = settings.migrations_path
@@ -129,16 +156,22 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
         raise ValidationError([f"new: {exc}; nothing written"]) from None
     previous = max(((v, name) for v, _, kind, name in existing
                     if v < version and kind in ("", ".up")), default=None)
-    fields = {"forward": forward, "rollback": rollback, "directive": suffixes[2],
-              "purpose": description.replace("_", " ").replace("-", " "),
-              "depends": previous[1] if previous else "nothing (first migration)",
-              "unwritten": files.UNWRITTEN, "unwritten_rollback": files.UNWRITTEN_ROLLBACK}
+    directive = suffixes[2] if no_transaction else None
+    how = _OUTSIDE_TRANSACTION if no_transaction else _IN_TRANSACTION
+    texts = {
+        forward: _FORWARD.format(
+            first=f"{directive}\n" if directive else "", forward=forward, rollback=rollback,
+            purpose=description.replace("_", " ").replace("-", " "),
+            depends=previous[1] if previous else "nothing (first migration)",
+            unwritten=files.UNWRITTEN, how=how.format(directive=suffixes[2])),
+        rollback: rollback_stub(forward, rollback, directive),
+    }
     written: list[Path] = []
     try:
-        for name, template in ((forward, _FORWARD), (rollback, _ROLLBACK)):
+        for name, text in texts.items():
             path = folder / name
             with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite
-                f.write(template.format(**fields))
+                f.write(text)
             written.append(path)
         if listing is not None:
             kustomization.write(*listing)
@@ -155,5 +188,6 @@ def new(settings: Settings, description: str, number: int | None = None) -> int:
     for path in written:
         print(path)
     log.get().info("migration_created", version=version, name=stem, file=forward,
-                   rollback=rollback, kustomization=listing[0].name if listing else None)
+                   rollback=rollback, no_transaction=no_transaction,
+                   kustomization=listing[0].name if listing else None)
     return 0

@@ -37,6 +37,8 @@ _SQUAWK = {"OBJECT_TABLE": "ban-drop-table", "OBJECT_FUNCTION": "ban-drop-functi
            "OBJECT_VIEW": "ban-drop-view", "OBJECT_MATVIEW": "ban-drop-view",
            "OBJECT_SEQUENCE": "ban-drop-sequence", "OBJECT_EXTENSION": "ban-drop-extension",
            "AT_DropColumn": "ban-drop-column", "AT_DropConstraint": "ban-drop-constraint"}
+# All of them, for the stub `new` writes before any statement is known.
+SQUAWK_DROP_RULES = sorted(set(_SQUAWK.values()))
 
 
 def _squawk_rule(drop: Any) -> str | None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import ValidationError
+from runner.errors import ConfigError, ValidationError
 
 # A file *name* pattern; SQL itself is never matched with a regex (see statements.py).
 _NAME = re.compile(r"(?P<version>[0-9]{1,18})_(?P<desc>[A-Za-z0-9_-]+?)"
@@ -65,14 +65,20 @@ class Folder:
     problems: list[str]
 
 
+def unreadable(folder: Path, exc: OSError) -> ConfigError:
+    """The one error of every command whose migrations folder is missing or unreadable:
+    a setting points at the wrong place (exit 2), whatever the command."""
+    return ConfigError(f"migrations folder {str(folder)!r} cannot be read: {exc.strerror}; "
+                       "set MIGRATIONS_DIR or --dir", variable="MIGRATIONS_DIR")
+
+
 def sql_entries(folder: Path) -> list[os.DirEntry[str]]:
-    """The folder's `.sql` files, by name: no dot names, no sub-folders. A ValidationError
+    """The folder's `.sql` files, by name: no dot names, no sub-folders. A ConfigError
     when the folder cannot be read."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        raise ValidationError([f"migrations folder {str(folder)!r} cannot be read: "
-                               f"{exc.strerror}; set MIGRATIONS_DIR or --dir"]) from None
+        raise unreadable(folder, exc) from None
     # `..data` and `..2026_...` of a mounted ConfigMap start with a dot; is_file() follows
     # the symlinks that point into them.
     return [e for e in entries

@@ -361,7 +361,10 @@ class Comparison:
         """Every reason `migrate` refuses (SPEC §3); `cli` writes the fix's command line
         (`History.cli`)."""
         found = [f"{named(a.version, a.description, self.local.get(a.version))}: failed "
-                 "part-way (no-transaction migration); fix the database by hand, then run "
+                 "part-way (no-transaction migration), or its run was killed (a Job's "
+                 "activeDeadlineSeconds, SIGKILL); fix the database by hand (a CREATE INDEX "
+                 "CONCURRENTLY stopped part-way leaves an INVALID index that IF NOT EXISTS "
+                 "would skip: DROP INDEX CONCURRENTLY it), then run "
                  f"`{cli('repair --failed')}` to run the file again, or "
                  f"`{cli(f'repair --mark-applied {a.version}')}` if you finished it by hand"
                  for a in self.failed]

@@ -53,6 +53,33 @@ _NO_SQLSTATE = [
 ]
 
 
+# What the server's final refusal means, said so that it cannot read as a TCP refusal
+# (PostgreSQL's errcodes.txt; the server sends 28P01 for a wrong password and for an
+# unknown user alike, on purpose).
+_REFUSALS = {
+    "28P01": "rejected the login: wrong password, or no such user (an expired token or a "
+             "rotated Secret reads the same)",
+    "28000": "rejected the login: no pg_hba.conf entry allows this user, database, address "
+             "and TLS setting, or the role may not log in",
+    "3D000": "has no such database",
+    "42501": "refused the login for lack of a privilege (CONNECT on the database)",
+}
+# libpq's client-side TLS failures (fe-secure-openssl.c), in the C locale: no SQLSTATE.
+_TLS = ("certificate", "ssl", "tls", "root certificate file")
+
+
+def refusal(sqlstate: str | None, message: str) -> str:
+    """What went wrong, after "database <target> ", for a failure retrying cannot mend:
+    the server's refusal by its SQLSTATE, a TLS verification failure by libpq's words,
+    else "refused the connection"."""
+    if sqlstate in _REFUSALS:
+        return _REFUSALS[sqlstate]
+    if sqlstate is None and any(word in message.lower() for word in _TLS):
+        return ("failed TLS verification (sslmode, sslrootcert / PGSSLROOTCERT, and the "
+                "host name the server's certificate names)")
+    return "refused the connection"
+
+
 def _loaded_libpq() -> Any:
     """The libpq psycopg uses, only if already loaded (RTLD_NOLOAD): a PGconn must never
     reach another copy of the library."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -144,6 +145,27 @@ def scrub_event(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, 
     if not _secrets:
         return event
     return {k: scrub_all(v) for k, v in event.items()}
+
+
+def read_password_file(path: str) -> str:
+    """The password in DATABASE_PASSWORD_FILE, surrounding whitespace stripped, read anew
+    at each connection attempt: a short-lived credential (an RDS IAM token, a rotated
+    Secret) that a sidecar or a CSI-mounted Secret rewrites is used as it is now. Unlike
+    libpq's PGPASSFILE it takes the bare password (no host:port:db:user: fields) and any
+    file mode, as a Kubernetes Secret volume mounts it. Registered for `scrub`.
+
+    Raises ConfigError (exit 2) when the file cannot be read or is empty."""
+    try:
+        password = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"DATABASE_PASSWORD_FILE {path!r} cannot be read: "
+                          f"{exc.__class__.__name__}; mount the Secret there or unset the "
+                          "variable", variable="DATABASE_PASSWORD_FILE") from None
+    if not password:
+        raise ConfigError(f"DATABASE_PASSWORD_FILE {path!r} is empty",
+                          variable="DATABASE_PASSWORD_FILE")
+    _secrets.add(password)
+    return password
 
 
 def configured(conninfo: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -79,8 +79,15 @@ def connect(settings: Settings, purpose: str) -> Connection:
         sleep=time.sleep,
         reraise=True,
     )
+    def attempt() -> Connection:
+        password_file = settings.database_password_file
+        if password_file:
+            kwargs["password"] = cinfo.read_password_file(password_file)
+        conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        return conn
+
     try:
-        conn: Connection = retrying(connect_failure.VerboseConnection.connect, conninfo, **kwargs)
+        conn: Connection = retrying(attempt)
     except psycopg.OperationalError as exc:
         message = cinfo.scrub(connect_failure.message(exc))
         sqlstate, reason = connect_failure.classify(exc)
@@ -93,7 +100,8 @@ def connect(settings: Settings, purpose: str) -> Connection:
             raise UnreachableError(
                 f"database {target} not reachable within {wait_timeout:g}s: {message}",
                 sqlstate=sqlstate, target=target) from None
-        raise UnreachableError(f"database {target} refused the connection: {message}",
+        raise UnreachableError(f"database {target} "
+                               f"{connect_failure.refusal(sqlstate, message)}: {message}",
                                sqlstate=sqlstate, target=target) from None
     _set_session(conn)
     return conn
