@@ -43,6 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from runner.applying import indexes
 from runner.applying.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.errors import Interrupted, MigrationError
 from runner.folder.statements import Plan, Statement
@@ -296,6 +297,7 @@ class Applier:
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
             error = sql_error(plan, current, exc, at)
+            indexes.name_invalid(self.conn, plan, error, self.tables.cli)  # SPEC §10.5
             self._audit_failure(plan, way, _ms(started), error["message"])
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
@@ -303,6 +305,10 @@ class Applier:
             self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
         ms = _ms(started)
+        if (invalid := indexes.left_invalid(self.conn, plan, self.tables.cli)) is not None:
+            self._audit_failure(plan, way, ms, invalid["message"])
+            self._fail(invalid, way, partial=True, completed=done,
+                       statements=len(plan.statements))
         try:
             with self.conn.transaction(), self.conn.pipeline():
                 for statement in _LEFTOVERS:

@@ -82,7 +82,7 @@ class SyntaxProblem(Exception):
         self.offset = offset
 
 
-def _first_keyword(piece: str) -> tuple[str, int] | None:
+def first_keyword(piece: str) -> tuple[str, int] | None:
     """The first token after the comments and semicolons, and its offset, from the
     piece's head."""
     from pglast.parser import ParseError, scan
@@ -100,7 +100,7 @@ def _parse(group: str, base: int) -> list[Found]:
     does not parse."""
     from pglast.parser import parse_sql_json, split
 
-    first = _first_keyword(group)
+    first = first_keyword(group)
     if first is not None and first[0] == "INSERT" and len(split(group)) == 1:
         return [Found(_INSERT, base + first[1], base + len(group), group, base, Offsets(""))]
     tree = json.loads(parse_sql_json(group))
@@ -175,7 +175,7 @@ def statements(text: str) -> Iterator[Found]:
                     j = min(j + (j - i + 1), len(ends) - 1)  # twice as many pieces
                     continue
                 # No place given ("at end of input"): the statement cut short.
-                first = _first_keyword(group)
+                first = first_keyword(group)
                 at = _index(exc, first[1] if first else 0)
                 raise SyntaxProblem(exc.args[0], start + at) from None
         del group
