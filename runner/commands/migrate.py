@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from runner.applying import partitioned
 from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state
 from runner.errors import MigrationError
@@ -25,7 +26,9 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         with read_only(settings, "dry-run") as conn:
             applied = history.read_checked(conn, "migrate")
             state = read_state(history, applied, migrations, settings, to)
-        print_plan(history.plan(state.comparison.pending))
+            planned = history.plan(state.comparison.pending)
+            partitioned.refuse(conn, planned)
+        print_plan(planned)
         return 0
     with locked(settings, history) as session:
         # The history is read on the lock connection: with nothing pending, as on every pod
@@ -37,6 +40,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
             work = session.work  # opening it refuses a pooler before anything is created
             history.ensure(work)
             plans = history.plan(pending)
+            partitioned.refuse(work, plans)  # the catalog's word, before anything runs
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])

@@ -152,6 +152,7 @@ class _Checks:
         self.f = f
         self.transactional = transactional
         self.subs = transaction_block.Subscriptions()
+        self.partitioned = transaction_block.Partitioned()
         self.procs = plpgsql.Procedures()
         self.found: list[tuple[int, str]] = []  # (statement index, problem), in order
         self.control: list[tuple[int, int, str]] = []  # (index, offset, kind)
@@ -185,7 +186,11 @@ class _Checks:
                 if refusal is not None:
                     self.add(where, f"{refusal.name} cannot run inside a transaction block "
                                     f"(PostgreSQL refuses it with 25001){_NEEDS_NEW_FILE}")
+                elif (partitioned := self.partitioned.refusal(node)) is not None:
+                    self.add(where, f"{partitioned} cannot run inside a transaction block "
+                                    f"(PostgreSQL refuses it with 25001){_NEEDS_NEW_FILE}")
                 self.subs.note(node)
+                self.partitioned.note(node)
                 self._transaction_ends(st)
         self.count += 1
 
