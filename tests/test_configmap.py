@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from runner.folder import files, sqlx_files
 from tests.conftest import Db, run
@@ -137,3 +140,28 @@ def test_dry_runs_and_migrate_under_swaps_see_one_version(db: Db, tmp_path: Path
     expected = {m.version: m.checksum for m in files.load(dirs[tag == "b"])}
     recorded = dict(db.query("SELECT version, checksum FROM migration_history"))
     assert recorded == expected, "the history records other files than the ones applied"
+
+
+def test_a_version_deleted_while_it_is_read_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet deletes the old `..2026_...` directory right after the swap: a read
+    that was half-way through it starts again, on the new version."""
+    folder = tmp_path / "m"
+    dirs = configmap(folder)
+    read_at = files._read_at
+    reads: list[str] = []
+
+    def kubelet_first(dir_fd: int, name: str) -> bytes:
+        if not reads:  # after the listing, before the first file: an update lands
+            os.symlink(dirs[1].name, folder / "..data_tmp")
+            os.replace(folder / "..data_tmp", folder / "..data")
+            shutil.rmtree(dirs[0])
+        reads.append(name)
+        return read_at(dir_fd, name)
+
+    monkeypatch.setattr(files, "_read_at", kubelet_first)
+    result = files.read_folder(folder)
+    assert not result.problems
+    assert {tag_of(m.text) for m in result.migrations} == {"b"}
+    assert len(result.migrations) == FILES + 1
+    assert len(reads) == 1 + 2 * (FILES + 1)  # the vanished file, then all of version b
