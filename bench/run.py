@@ -365,7 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--migrations", type=int, default=300, help="generated files (default 300)")
     ap.add_argument("--racers", type=int, default=8, help="runners in the race (default 8)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first round")
+    ap.add_argument("--memory", action="store_true",
+                    help="instead: peak RSS against file size, runner and psql (memory.py)")
+    ap.add_argument("--sizes", default="1,10,50", help="--memory: file sizes in MB")
     args = ap.parse_args(argv)
+    if args.memory:
+        import memory  # bench/memory.py, beside this script
+
+        return memory.run([int(size) for size in args.sizes.split(",")])
     if args.runs < 1 or args.migrations < 1 or args.racers < 1:
         ap.error("--runs, --migrations and --racers must be at least 1")
     if not RUNNER.exists():

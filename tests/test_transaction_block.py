@@ -325,3 +325,75 @@ def test_refused_do_block_fails_2d000_in_a_transaction_and_applies_without_one(
     result = run(db.url, folder, "migrate")
     assert result.code == 0, result.stderr
     assert db.scalar("SELECT count(*) FROM item") == 1
+
+
+PARTITIONED = ("CREATE TABLE reading (id int, taken date) PARTITION BY RANGE (taken);\n"
+               "CREATE TABLE reading_2026 PARTITION OF reading\n"
+               "    FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');\n"
+               "CREATE INDEX reading_taken_idx ON reading (taken);\n")
+
+
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("REINDEX TABLE reading", "REINDEX TABLE of the partitioned table reading"),
+    ("REINDEX TABLE public.reading", "REINDEX TABLE of the partitioned table public.reading"),
+    ("REINDEX INDEX reading_taken_idx",
+     "REINDEX INDEX of the partitioned index reading_taken_idx"),
+    ("CLUSTER reading USING reading_taken_idx", "CLUSTER of the partitioned table reading"),
+])
+def test_maintenance_of_a_partitioned_table_the_file_creates_is_refused_naming_the_line(
+        db: Db, migrations: Files, sql: str, refused: str) -> None:
+    """PostgreSQL refuses these on a partitioned table or index in a transaction block
+    (ReindexPartitions, 14+; cluster.c, 15+): at validation, not at run time."""
+    folder = migrations({"001_reading.sql": f"{PARTITIONED}{sql};\n"})
+    offline = run(None, folder, "validate", "--offline")
+    assert offline.code == 5, offline.stderr
+    (problem,) = offline.events[-1]["problems"]
+    assert problem.startswith(f"001_reading.sql:5:1: {refused} cannot run inside a "
+                              "transaction block"), problem
+    assert "-- migrate:no-transaction" in problem
+    # The server agrees: in a transaction block it refuses the statement with 25001.
+    with (db.connect() as conn, pytest.raises(psycopg.errors.ActiveSqlTransaction),
+          conn.transaction()):
+        conn.execute(PARTITIONED)
+        conn.execute(sql)
+    # In a no-transaction file of its own, after the table exists, it applies.
+    tables = migrations({"001_reading.sql": PARTITIONED,
+                         "002_maintain.sql": f"-- migrate:no-transaction\n{sql};\n"})
+    result = run(db.url, tables)
+    assert result.code == 0, result.stderr
+
+
+def test_a_plain_table_of_the_same_name_in_another_schema_is_not_refused(
+        tmp_path: Path) -> None:
+    sql = f"{PARTITIONED}CREATE TABLE other.reading (id int);\nREINDEX TABLE other.reading;\n"
+    assert problems(tmp_path, {"001_x.sql": sql}) == []
+
+
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("REINDEX TABLE reading", "REINDEX TABLE of the partitioned table reading"),
+    ("REINDEX INDEX reading_taken_idx",
+     "REINDEX INDEX of the partitioned index reading_taken_idx"),
+    ("CLUSTER reading USING reading_taken_idx", "CLUSTER of the partitioned table reading"),
+])
+def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refused_first(
+        db: Db, migrations: Files, sql: str, refused: str) -> None:
+    """Only the catalog knows `reading` is partitioned: refused (exit 5) before the
+    first pending file is applied, naming the line."""
+    folder = migrations({"001_reading.sql": PARTITIONED})
+    assert run(db.url, folder).code == 0
+    migrations({"002_plain.sql": "CREATE TABLE plain (id int);\n",
+                "003_maintain.sql": f"-- keep it tidy\n{sql};\n"})
+    assert run(None, folder, "validate", "--offline").code == 0  # the text alone is fine
+    for args in (("migrate", "--dry-run"), ("migrate",)):
+        result = run(db.url, folder, *args)
+        assert result.code == 5, result.stderr
+        (problem,) = result.events[-1]["problems"]
+        assert problem.startswith(f"003_maintain.sql:2:1: {refused} cannot run inside a "
+                                  "transaction block"), problem
+    assert not db.table_exists("plain")
+    assert applied(db) == [1]
+    # A plain table of that kind is maintained in a transaction as before.
+    db.execute("DROP TABLE reading; CREATE TABLE reading (id int, taken date);\n"
+               "CREATE INDEX reading_taken_idx ON reading (taken)")
+    assert run(db.url, folder).code == 0
+    assert applied(db) == [1, 2, 3]

@@ -43,6 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from runner.applying import indexes
 from runner.applying.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.errors import Interrupted, MigrationError
 from runner.folder.statements import Plan, Statement
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
     from runner.applying.watch import Watch
 
 RETRYABLE = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
+# SPEC §10.4: a pipeline's statements wait in psycopg's queue and libpq's buffer until
+# the server reads them; past this many bytes a Sync waits for the server to catch up (in
+# the file's transaction: a Sync ends no transaction block that BEGIN opened).
+IN_FLIGHT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class Applier:
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
         self.reset = session_reset(conn)
         self.left_behind = False  # cursors, prepared statements or temporary tables
+        self.in_flight = 0  # bytes of SQL sent since the last Sync
         self.tables = tables
         self.settings = settings
         self.log = log.get()
@@ -169,13 +175,18 @@ class Applier:
         self.log.info(way.done, **as_fields(plan.migration), duration_ms=ms)
         return ms
 
-    def _send(self, statement: str, sent: list[Cursor]) -> None:
+    def _send(self, statement: str | bytes, sent: list[Cursor]) -> None:
         """Execute, having listed the cursor first: in a pipeline an error can surface
         while later statements are still being sent, and the failing statement is then
         the first listed one without a result."""
         cur = self.conn.cursor()
         sent.append(cur)
         cur.execute(statement)
+        self.in_flight += len(statement)
+        if self.in_flight > IN_FLIGHT:  # a large file: a Sync, so what waits stays bounded
+            self.in_flight = 0
+            with self.conn.pipeline() as pipeline:
+                pipeline.sync()
 
     def _record(self, plan: Plan, way: Direction, ms: int | None,
                 sent: list[Cursor] | None = None) -> None:
@@ -217,7 +228,9 @@ class Applier:
                     for statement in ("BEGIN", *self.set_local, *leftovers):
                         self.conn.execute(statement)
                     for st in plan.statements:
-                        self._send(st.sql, sent)
+                        # Bytes: the cursor keeps what it ran, and a str would be kept
+                        # twice, as given and encoded (SPEC §10.4: bounded memory).
+                        self._send(st.sql.encode(self.conn.info.encoding), sent)
                     self._record(plan, way, None, after)
                     self.conn.execute("COMMIT")
                 self.left_behind = self._left_behind(after)
@@ -284,6 +297,7 @@ class Applier:
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
             error = sql_error(plan, current, exc, at)
+            indexes.name_invalid(self.conn, plan, error, self.tables.cli)  # SPEC §10.5
             self._audit_failure(plan, way, _ms(started), error["message"])
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
@@ -291,6 +305,10 @@ class Applier:
             self._audit_failure(plan, way, _ms(started), f"interrupted by signal {exc.signum}")
             raise
         ms = _ms(started)
+        if (invalid := indexes.left_invalid(self.conn, plan, self.tables.cli)) is not None:
+            self._audit_failure(plan, way, ms, invalid["message"])
+            self._fail(invalid, way, partial=True, completed=done,
+                       statements=len(plan.statements))
         try:
             with self.conn.transaction(), self.conn.pipeline():
                 for statement in _LEFTOVERS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from runner.applying import partitioned
 from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state, settle, settled_files
 from runner.errors import MigrationError
@@ -27,7 +28,9 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
             migrations = settled_files(history, folder_history, migrations, settings)
             applied = history.read_checked(conn, "migrate")
             state = read_state(history, applied, migrations, settings, to)
-        print_plan(history.plan(state.comparison.pending))
+            planned = history.plan(state.comparison.pending)
+            partitioned.refuse(conn, planned)
+        print_plan(planned)
         return 0
     with locked(settings) as session:
         history = session.history
@@ -41,6 +44,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
             work = session.work  # opening it refuses a pooler before anything is created
             history.ensure(work)
             plans = history.plan(pending)
+            partitioned.refuse(work, plans)  # the catalog's word, before anything runs
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from runner.applying import partitioned
 from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only, settle, settled_files
 from runner.commands.migrate import print_plan
@@ -75,6 +76,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
             migrations = settled_files(history, folder_history, migrations, settings)
             applied = history.read_checked(conn, "rollback")
             plans = check(history, targets(applied, steps, to), applied, migrations)
+            partitioned.refuse(conn, plans)
         print_plan(plans, empty="nothing to roll back")
         return 0
     with locked(settings) as session:
@@ -84,6 +86,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         applied = history.read_checked(conn, "rollback")
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
+        partitioned.refuse(conn, plans)
         session.check_same_session()
         if plans:  # the app may have made the history without the audit table
             history.ensure(conn)

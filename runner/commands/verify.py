@@ -1,7 +1,8 @@
 """`verify`: what the schema looks like now, and whether it drifted from a snapshot.
 
-A report of tables, columns, constraints (foreign keys included), indexes and estimated
-row counts, as JSON. `--write FILE` stores it; `--expect FILE` compares and exits 5 on
+A report of tables, columns, constraints (foreign keys included), indexes (an INVALID one
+marked, and listed in `invalid_indexes` with a warning: SPEC §10.5) and estimated row
+counts, as JSON. `--write FILE` stores it; `--expect FILE` compares and exits 5 on
 drift, so a hand-made ALTER on production shows up before the next migration trips on it.
 Row counts are estimates and never count as drift.
 """
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.commands import bookkeeping, open_connection
+from runner.commands import bookkeeping, history_for, open_connection
 from runner.errors import ConfigError, ValidationError
 from runner.output import log
 from runner.session.database import Connection
@@ -35,9 +36,14 @@ _CONSTRAINTS = """
 SELECT conrelid, conname, contype::text, pg_get_constraintdef(oid)
 FROM pg_constraint WHERE conrelid = ANY(%(oids)s) ORDER BY conrelid, conname"""
 _INDEXES = """
-SELECT i.indrelid, c.relname, pg_get_indexdef(i.indexrelid)
+SELECT i.indrelid, c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid,
+       quote_ident(n.nspname) || '.' || quote_ident(c.relname)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE i.indrelid = ANY(%(oids)s) ORDER BY 1, 2"""
+# SPEC §10.5: an index a concurrent build left half-built. Its definition carries the
+# mark, so a snapshot comparison shows it as drift.
+INVALID = " -- INVALID"
 _KINDS = {"p": "PRIMARY KEY", "f": "FOREIGN KEY", "u": "UNIQUE", "c": "CHECK",
           "x": "EXCLUDE", "t": "TRIGGER", "n": "NOT NULL"}
 
@@ -73,8 +79,12 @@ def report(conn: Connection, wanted: list[str],
     for oid, name, kind, definition in conn.execute(_CONSTRAINTS, oids):
         tables[oid]["constraints"][name] = {"type": _KINDS.get(kind, kind),
                                             "definition": definition}
-    for oid, name, definition in conn.execute(_INDEXES, oids):
-        tables[oid]["indexes"][name] = definition
+    invalid: list[str] = []
+    for oid, name, definition, valid, qualified in conn.execute(_INDEXES, oids):
+        tables[oid]["indexes"][name] = definition + ("" if valid else INVALID)
+        if not valid:
+            invalid.append(qualified)
+    result["invalid_indexes"] = invalid
     return result
 
 
@@ -138,8 +148,17 @@ def verify(settings: Settings, schemas: list[str], write: str | None,
             raise ConfigError(f"--expect {expect}: cannot read the snapshot ({exc})") from None
         if not schemas:
             schemas = sorted(expected.get("schemas", {})) if expected else []
+    history = history_for(settings)
     with open_connection(settings, "verify") as conn:
         actual = report(conn, schemas, bookkeeping(settings, conn))
+    if actual["invalid_indexes"]:
+        drops = " ".join(f"DROP INDEX CONCURRENTLY {i};" for i in actual["invalid_indexes"])
+        log.get().warning("invalid_indexes", indexes=actual["invalid_indexes"],
+                          message="INVALID indexes (pg_index.indisvalid = false: a concurrent "
+                                  "build or rebuild stopped part-way): never used by queries, "
+                                  f"still updated by every write; drop with `{drops}` and "
+                                  "build again (a migration that created one: then "
+                                  f"`{history.cli('repair --failed')}`)")
     text = json.dumps(actual, indent=2, sort_keys=True) + "\n"
     if write:
         Path(write).write_text(text)

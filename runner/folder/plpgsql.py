@@ -63,7 +63,7 @@ def _call_target(expr: dict[str, Any]) -> str | None:
 
 def body_of(node: Node, sql: str) -> tuple[Body, int] | None:
     """For a PL/pgSQL `DO` or `CREATE PROCEDURE`: its COMMIT/ROLLBACK and CALL statements
-    and the byte offset of its body in the file (plpgsql numbers lines from the body's
+    and the byte offset of its body in the statement's text (plpgsql numbers lines from the body's
     first line). None for anything else, or a body pglast cannot parse (the server will
     say why when it runs)."""
     kind, stmt = node
@@ -93,7 +93,7 @@ def body_of(node: Node, sql: str) -> tuple[Body, int] | None:
 @dataclass(frozen=True)
 class End:
     procedure: str
-    body_at: int  # byte offset of the procedure's body in the file
+    body_at: int  # character offset of the procedure's body in the file
     line: int  # in the body (1: the line its opening quote stands on)
     what: str  # COMMIT or ROLLBACK
 

@@ -66,15 +66,15 @@ def description(rest: str) -> str:
     return rest.replace("_", " ")
 
 
-def _read(path: Path, problems: list[str]) -> tuple[bytes, str] | None:
+def _read(read: files.Read, problems: list[str]) -> tuple[bytes, str] | None:
+    path, data = read.path, read.data
+    if data is None:
+        problems.append(f"{path.name}: cannot be read: {read.error and read.error.strerror}")
+        return None
     try:
-        data = path.read_bytes()
         text = files.decode(path, data)
     except ValueError as exc:
         problems.append(str(exc))
-        return None
-    except OSError as exc:
-        problems.append(f"{path.name}: cannot be read: {exc.strerror}")
         return None
     if data.startswith(_BOM):
         problems.append(f"{path.name}: starts with a UTF-8 BOM, which sqlx sends to the server "
@@ -86,10 +86,11 @@ def _read(path: Path, problems: list[str]) -> tuple[bytes, str] | None:
 def read_folder(folder: Path) -> Folder:
     """Every forward file (simple or `.up.sql`) with its `.down.sql`, and every problem."""
     problems: list[str] = []
-    forward: dict[int, list[tuple[str, Path, str]]] = defaultdict(list)
-    downs: dict[int, list[tuple[str, Path]]] = defaultdict(list)
-    # Dot names are a mounted ConfigMap's `..data` (sqlx skips them as directories).
-    for entry in files.sql_entries(folder):
+    forward: dict[int, list[tuple[str, files.Read, str]]] = defaultdict(list)
+    downs: dict[int, list[tuple[str, files.Read]]] = defaultdict(list)
+    # Dot names are a mounted ConfigMap's `..data` (sqlx skips them as directories). Every
+    # file read once, forward and down alike (SPEC §10.4).
+    for entry in files.read_sql_files(folder):
         name = entry.name
         version_text, underscore, rest = name.partition("_")
         if not underscore:
@@ -109,9 +110,9 @@ def read_folder(folder: Path) -> Folder:
                             f"{stem}.down.sql")
             continue
         if kind_of(rest) == DOWN:
-            downs[version].append((name, Path(entry)))
+            downs[version].append((name, entry))
         else:
-            forward[version].append((name, Path(entry), rest))
+            forward[version].append((name, entry, rest))
 
     for table, what in ((forward, "forward files"), (downs, ".down.sql files")):
         for version, found in table.items():
@@ -121,22 +122,25 @@ def read_folder(folder: Path) -> Folder:
                                 "give each migration its own version (sqlx would apply both "
                                 "and fail on the second)")
 
+    versions = set(forward)
     migrations: list[Migration] = []
     for version in sorted(forward):
-        name, path, rest = forward[version][0]
-        read = _read(path, problems)
+        name, entry, rest = forward[version][0]
+        read = _read(entry, problems)
+        del forward[version]  # its bytes: one copy of a large file held, not two
         if read is None:
             continue
         data, text = read
         down = downs.get(version)
-        migrations.append(Migration(version, description(rest), name, path, text,
-                                    checksum(data), down[0][1] if down else None))
+        migrations.append(Migration(version, description(rest), name, entry.path, text,
+                                    checksum(data), down[0][1].path if down else None,
+                                    down[0][1].data if down else None))
     for version, found in downs.items():
-        for name, path in found:
-            if version not in forward:
+        for name, entry in found:
+            if version not in versions:
                 problems.append(f"{name}: rollback file without its forward file")
             else:
-                _read(path, problems)
+                _read(entry, problems)
     return Folder(migrations, problems)
 
 

@@ -7,15 +7,14 @@ must be lexed, so the no-op path of a pod start does not pay for it.
 
 from __future__ import annotations
 
-import json
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, overload
 
 from runner.errors import ValidationError
+from runner.folder import split
 from runner.folder.files import Migration, read_rollback
-
-if TYPE_CHECKING:
-    from runner.folder import plpgsql
 
 DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
 
@@ -39,11 +38,41 @@ class Statement:
     sql: str
 
 
+class Statements(Sequence[Statement]):
+    """A file's statements as character offsets into its text, each Statement made when
+    asked for: the file is held once, not once more in copies per statement (SPEC
+    §10.4)."""
+
+    def __init__(self, text: str, bounds: array[int] | None = None) -> None:
+        self.text = text
+        self.bounds = bounds if bounds is not None else array("q")  # start, end, start...
+
+    def __len__(self) -> int:
+        return len(self.bounds) // 2
+
+    @overload
+    def __getitem__(self, index: int) -> Statement: ...
+    @overload
+    def __getitem__(self, index: slice) -> Statements: ...
+    def __getitem__(self, index: int | slice) -> Statement | Statements:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("a step is not supported")
+            return Statements(self.text, self.bounds[2 * start:2 * max(start, stop)])
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start, end = self.bounds[2 * index], self.bounds[2 * index + 1]
+        return Statement(start, self.text[start:end])
+
+
 @dataclass(frozen=True)
 class Plan:
     migration: Migration
     transactional: bool
-    statements: tuple[Statement, ...]
+    statements: Sequence[Statement]
     wrapped: bool = False  # a psql BEGIN; ... COMMIT; wrapper was dropped (sqlx refuses it)
 
 
@@ -55,9 +84,19 @@ def line_col(text: str, offset: int) -> tuple[int, int]:
     return line, col
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, one at a time (a large file is not copied into a list)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield text[start:end]
+        start = end + 1
+
+
 def is_transactional(text: str) -> bool:
     """False when a directive stands among the leading comment lines."""
-    for raw in text.splitlines():
+    for raw in _lines(text):
         line = raw.strip()
         if not line:
             continue
@@ -78,25 +117,6 @@ def _txn_kind(node: Node) -> str | None:
     return str(body.get("kind", "")).removeprefix("TRANS_STMT_")
 
 
-class _CharOffsets:
-    """libpg_query reports byte offsets; Python slices by character. Offsets come in
-    increasing order, so each conversion decodes only the bytes since the last one."""
-
-    def __init__(self, text: str) -> None:
-        self.ascii = text.isascii()
-        self.data = text.encode()
-        self.last_byte = self.last_char = 0
-
-    def __call__(self, byte: int) -> int:
-        if self.ascii:
-            return byte
-        if byte < self.last_byte:
-            self.last_byte = self.last_char = 0
-        self.last_char += len(self.data[self.last_byte:byte].decode(errors="ignore"))
-        self.last_byte = byte
-        return self.last_char
-
-
 class _File:
     """One file being lexed: its text, and `file:line:column` of an offset in it."""
 
@@ -104,21 +124,21 @@ class _File:
         self.m = m
         self.spelling = spelling
         self.text = m.text
-        self.chars = _CharOffsets(m.text)
         self.problems: list[str] = []
 
     def at(self, offset: int) -> str:
         line, col = line_col(self.text, offset)
         return f"{self.m.file}:{line}:{col}"
 
-    def body_line(self, body_byte: int, line: int) -> str:
+    def body_line(self, body_at: int, line: int) -> str:
         """`file:line:column` of line `line` (1-based) of a function body starting at a
-        byte offset: the line's first non-blank character."""
-        number = self.chars.data.count(b"\n", 0, body_byte) + line
+        character offset: the line's first non-blank character."""
+        number = self.text.count("\n", 0, body_at) + line
         start = 0
         for _ in range(number - 1):
             start = self.text.find("\n", start) + 1
-        text = self.text[start:].split("\n", 1)[0]
+        end = self.text.find("\n", start)
+        text = self.text[start:end if end >= 0 else None]
         return f"{self.m.file}:{number}:{len(text) - len(text.lstrip()) + 1}"
 
     def add(self, where: int | str, message: str) -> None:
@@ -127,147 +147,168 @@ class _File:
         self.problems.append(f"{place}: {message}")
 
 
-def _copy_before(f: _File, prefix: str) -> None:
-    """A psql dump's `COPY ... FROM stdin;` followed by its data lines parses up to the
-    data: name the COPY, not only the first data line, when the lines before parse."""
-    from pglast.parser import ParseError, parse_sql_json
-
-    from runner.folder import transaction_block
-
-    try:
-        tree = json.loads(parse_sql_json(prefix))
-    except ParseError:
-        return
-    chars = _CharOffsets(prefix)
-    for raw in tree.get("stmts", ()):
-        node = next(iter(raw["stmt"].items()))
-        if (stream := transaction_block.client_stream(node)) is not None:
-            f.add(chars(raw.get("stmt_location", 0)), _stream_problem(stream))
-
-
 def _stream_problem(stream: str) -> str:
     return (f"{stream} needs a client feeding or reading the data (psql does); the runner "
             "sends SQL only: use INSERT ... VALUES, or COPY from a file on the database "
             "server")
 
 
-def _check(f: _File, nodes: list[tuple[Node, int, int]], transactional: bool) -> None:
+class _Checks:
     """Every statement against how it will run: in the file's transaction, or on its own
-    in autocommit (`-- migrate:no-transaction`)."""
-    from runner.folder import plpgsql, transaction_block
+    in autocommit (`-- migrate:no-transaction`). Statements come one at a time and are
+    not kept (SPEC §10.4); transaction control is judged at the end, when it is known
+    whether a BEGIN first and a COMMIT last are a psql-style wrapper."""
 
-    subs = transaction_block.Subscriptions()
-    procs = plpgsql.Procedures()
-    for node, offset, length in nodes:
-        where = offset  # written out only for a problem: line_col counts from the start
+    def __init__(self, f: _File, transactional: bool) -> None:
+        from runner.folder import plpgsql, transaction_block
+
+        self.f = f
+        self.transactional = transactional
+        self.subs = transaction_block.Subscriptions()
+        self.partitioned = transaction_block.Partitioned()
+        self.procs = plpgsql.Procedures()
+        self.found: list[tuple[int, str]] = []  # (statement index, problem), in order
+        self.control: list[tuple[int, int, str]] = []  # (index, offset, kind)
+        self.streams: list[tuple[int, str]] = []  # (offset, COPY ... STDIN/STDOUT)
+        self.count = 0
+
+    def add(self, where: int | str, message: str) -> None:
+        place = self.f.at(where) if isinstance(where, int) else where
+        self.found.append((self.count, f"{place}: {message}"))
+
+    def check(self, st: split.Found) -> None:
+        from runner.folder import transaction_block
+
+        node, where = st.node, st.offset
         kind = _txn_kind(node)
-        if kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and transactional:
-            continue
         if kind is not None:
-            place = "a no-transaction file" if not transactional else "the middle of a file"
-            f.add(where, f"transaction control ({kind.replace('_', ' ')}) in {place}; the "
-                         "runner manages the transaction, remove it")
-            continue
-        if (stream := transaction_block.client_stream(node)) is not None:
-            f.add(where, _stream_problem(stream))
-        if not transactional:
-            if (refusal := transaction_block.refused_outside_transaction(node)) is not None:
-                f.add(where, f"{refusal.name} can only run inside a transaction block, and a "
-                             "no-transaction file runs each statement on its own; move it "
-                             "to a transactional file")
-            continue
-        if (refusal := transaction_block.refused_in_transaction(node, subs)) is not None:
-            f.add(where, f"{refusal.name} cannot run inside a transaction block (PostgreSQL "
-                         f"refuses it with 25001){f.spelling.new_file}")
-        subs.note(node)
-        _transaction_ends(f, procs, node, where, f.text[offset:offset + length])
+            if not (kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and self.transactional):
+                self.control.append((self.count, where, kind))
+        else:
+            if (stream := transaction_block.client_stream(node)) is not None:
+                self.streams.append((where, stream))
+                self.add(where, _stream_problem(stream))
+            if not self.transactional:
+                refusal = transaction_block.refused_outside_transaction(node)
+                if refusal is not None:
+                    self.add(where, f"{refusal.name} can only run inside a transaction "
+                                    "block, and a no-transaction file runs each statement "
+                                    "on its own; move it to a transactional file")
+            else:
+                refusal = transaction_block.refused_in_transaction(node, self.subs)
+                if refusal is not None:
+                    self.add(where, f"{refusal.name} cannot run inside a transaction block "
+                                    f"(PostgreSQL refuses it with 25001){self.f.spelling.new_file}")
+                elif (partitioned := self.partitioned.refusal(node)) is not None:
+                    self.add(where, f"{partitioned} cannot run inside a transaction block "
+                                    f"(PostgreSQL refuses it with 25001){self.f.spelling.new_file}")
+                self.subs.note(node)
+                self.partitioned.note(node)
+                self._transaction_ends(st)
+        self.count += 1
 
+    def wrapped(self) -> bool:
+        """A BEGIN first and a COMMIT last, with statements between: psql's wrapper."""
+        kinds = {index: kind for index, _, kind in self.control}
+        return (self.transactional and self.count > 1
+                and kinds.get(0) in ("BEGIN", "START") and kinds.get(self.count - 1) == "COMMIT")
 
-def _transaction_ends(f: _File, procs: plpgsql.Procedures, node: Node, where: int,
-                      sql: str) -> None:
-    """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL reaches:
-    refused in a transaction with 2D000 at run time."""
-    from runner.folder import plpgsql
+    def problems(self, wrapped: bool) -> list[str]:
+        for index, where, kind in self.control:
+            if wrapped and index in (0, self.count - 1):
+                continue
+            place = ("a no-transaction file" if not self.transactional
+                     else "the middle of a file")
+            self.found.append((index, f"{self.f.at(where)}: transaction control "
+                                      f"({kind.replace('_', ' ')}) in {place}; the runner "
+                                      "manages the transaction, remove it"))
+        self.found.sort(key=lambda item: item[0])  # stable: in statement order
+        return [problem for _, problem in self.found]
 
-    fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
-           "invalid transaction termination)" + f.spelling.new_file)
-    if (target := plpgsql.called(node)) is not None:
-        if (end := procs.ends(target)) is not None:
-            f.add(where, f"CALL {target} reaches the {end.what} of procedure {end.procedure} "
-                         f"({f.body_line(end.body_at, end.line)}){fix}")
-        return
-    parsed = plpgsql.body_of(node, sql)
-    if node[0] == "CreateFunctionStmt":
-        procs.define(node, parsed)
-    if parsed is None or node[0] != "DoStmt":
-        return
-    body, at = parsed
-    if body.ends:
-        line, what = body.ends[0]
-        f.add(f.body_line(at, line), f"{what} inside a DO block{fix}")
-    else:
-        for line, target in body.calls:
+    def _transaction_ends(self, st: split.Found) -> None:
+        """COMMIT/ROLLBACK in a DO block, or in a procedure of this file that a CALL
+        reaches: refused in a transaction with 2D000 at run time."""
+        from runner.folder import plpgsql
+
+        f, procs, node = self.f, self.procs, st.node
+        fix = ("; PostgreSQL allows that only outside a transaction block (else 2D000 "
+               "invalid transaction termination)" + f.spelling.new_file)
+        if (target := plpgsql.called(node)) is not None:
             if (end := procs.ends(target)) is not None:
-                f.add(f.body_line(at, line), f"this DO block calls {target}, which reaches "
-                      f"the {end.what} of procedure {end.procedure} "
-                      f"({f.body_line(end.body_at, end.line)}){fix}")
-                break
+                self.add(st.offset, f"CALL {target} reaches the {end.what} of procedure "
+                                    f"{end.procedure} ({f.body_line(end.body_at, end.line)})"
+                                    f"{fix}")
+            return
+        parsed = plpgsql.body_of(node, st.sql)
+        if parsed is not None:
+            parsed = parsed[0], st.at(parsed[1])  # the body's offset in the file
+        if node[0] == "CreateFunctionStmt":
+            procs.define(node, parsed)
+        if parsed is None or node[0] != "DoStmt":
+            return
+        body, at = parsed
+        if body.ends:
+            line, what = body.ends[0]
+            self.add(f.body_line(at, line), f"{what} inside a DO block{fix}")
+        else:
+            for line, target in body.calls:
+                if (end := procs.ends(target)) is not None:
+                    self.add(f.body_line(at, line), f"this DO block calls {target}, which "
+                             f"reaches the {end.what} of procedure {end.procedure} "
+                             f"({f.body_line(end.body_at, end.line)}){fix}")
+                    break
 
 
 def _lex(m: Migration, empty_ok: bool = False,
          spelling: Spelling = NATIVE) -> tuple[Plan | None, list[str]]:
-    # The parser's JSON, not pglast's Python node objects: the same grammar and checks
-    # at a fraction of the cost (no object per parse-tree node). These modules, like
-    # pglast, only when a file is lexed: a pod start with nothing pending pays for none.
-    from pglast.parser import ParseError, parse_sql_json
-
+    # Statement by statement, each parse tree dropped before the next (split.py). These
+    # modules, like pglast, only when a file is lexed: a pod start with nothing pending
+    # pays for none.
     from runner.folder import directives
 
     f = _File(m, spelling)
     text = m.text
     transactional = is_transactional(text)
     foreign = directives.foreign_directives(text, spelling.no_tx, spelling.split)
+    checks = _Checks(f, transactional)
+    found = Statements(text)
     try:
-        tree = json.loads(parse_sql_json(text))
-    except ParseError as exc:
+        for st in split.statements(text):
+            checks.check(st)
+            found.bounds.extend((st.offset, st.end))
+    except split.SyntaxProblem as exc:
         for offset, _, problem in foreign:
             f.add(offset, problem)
-        index = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
-        _copy_before(f, text[:text.rfind("\n", 0, index) + 1])
+        index = exc.offset
+        # A psql dump's `COPY ... FROM stdin;` followed by its data lines parses up to the
+        # data: name the COPY, not only the first data line.
+        line_start = text.rfind("\n", 0, index) + 1
+        for offset, stream in checks.streams:
+            if offset < line_start:
+                f.add(offset, _stream_problem(stream))
         psql_only = directives.psql_only(text, index)
         for offset, problem in psql_only:
             f.add(offset, problem)
         if not psql_only:
-            f.add(index, f"{exc.args[0]}; fix the SQL")
+            f.add(index, f"{exc.message}; fix the SQL")
         return None, f.problems
-    to_char = f.chars
-    nodes: list[tuple[Node, int, int]] = []
-    for raw in tree.get("stmts", ()):
-        start = raw.get("stmt_location", 0)
-        end = start + raw["stmt_len"] if raw.get("stmt_len") else len(to_char.data)
-        offset = to_char(start)
-        node = next(iter(raw["stmt"].items()))
-        nodes.append((node, offset, to_char(end) - offset))
     rollback = m.file.endswith(("_rollback.sql", ".down.sql"))
     for offset, rule, problem in foreign:
-        if not (rule.down and rollback and (not nodes or offset < nodes[0][1])):
+        if not (rule.down and rollback and (not found or offset < found[0].offset)):
             f.add(offset, problem)
-    if not nodes:
+    if not found:
         if empty_ok and not f.problems:
             return Plan(m, transactional, ()), []
         f.add(m.file, "contains no SQL statement (only comments); write its SQL")
         return None, f.problems
 
-    first, last = _txn_kind(nodes[0][0]), _txn_kind(nodes[-1][0])
-    wrapped = (transactional and first in ("BEGIN", "START") and len(nodes) > 1
-               and last == "COMMIT")
+    wrapped = checks.wrapped()
     if wrapped:
-        nodes = nodes[1:-1]  # the psql-style wrapper: the runner runs the body in its own
-    _check(f, nodes, transactional)
-    if not nodes and not f.problems:
+        found = found[1:-1]  # the psql-style wrapper: the runner runs the body in its own
+    f.problems += checks.problems(wrapped)
+    if not found and not f.problems:
         f.problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
-    statements = tuple(Statement(o, text[o : o + n]) for _, o, n in nodes)
-    return Plan(m, transactional, statements, wrapped), f.problems
+    return Plan(m, transactional, found, wrapped), f.problems
 
 
 def lex(migrations: list[Migration], empty_ok: bool = False,

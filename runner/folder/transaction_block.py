@@ -7,8 +7,11 @@ PostgreSQL 13 to 18, options included (read in the 13.16, 15.18 and 18.6 sources
 entry starts in 14 or 17, that is the release that added its feature). The name each entry gives is
 the one the server puts in its 25001 error. Left out, because the text alone cannot tell:
 
-- REINDEX TABLE / INDEX and CLUSTER of a *partitioned* table (indexcmds.c
-  ReindexPartitions, 14+; cluster.c, 15+): the relation's kind is in the catalog.
+- REINDEX TABLE / INDEX and CLUSTER of a *partitioned* table or index (indexcmds.c
+  ReindexPartitions, 14+; cluster.c, 15+): the relation's kind is in the catalog. When
+  the file itself creates the table `PARTITION BY` (and its indexes), `Partitioned`
+  refuses them here; else runner/applying/partitioned.py looks the kind up before the
+  first file is applied.
 - walsender.c's BASE_BACKUP, START_REPLICATION, TIMELINE_HISTORY, UPLOAD_MANIFEST:
   replication-protocol commands, not SQL.
 - COMMIT PREPARED / ROLLBACK PREPARED (utility.c): transaction control, refused in any
@@ -229,3 +232,74 @@ def client_stream(node: Node) -> str | None:
     if kind != "CopyStmt" or body.get("filename"):
         return None
     return "COPY ... FROM STDIN" if body.get("is_from") else "COPY ... TO STDOUT"
+
+
+Relation = tuple[str | None, str]  # (schema as written, or None; name)
+
+
+def relation(body: dict[str, Any]) -> Relation | None:
+    """The (schema, name) a statement's `relation` names."""
+    rel = body.get("relation")
+    return (rel.get("schemaname"), rel["relname"]) if rel and rel.get("relname") else None
+
+
+def _same(a: Relation, b: Relation) -> bool:
+    return a[1] == b[1] and (a[0] is None or b[0] is None or a[0] == b[0])
+
+
+def maintenance(node: Node) -> tuple[str, Relation, str] | None:
+    """For REINDEX TABLE / INDEX and CLUSTER of one relation, not CONCURRENTLY (refused
+    in a transaction block whatever the relation): the name the server's 25001 error
+    gives, the relation, and the relkind it is refused on (pg_class: `p` partitioned
+    table, `I` partitioned index)."""
+    kind, body = node
+    rel = relation(body)
+    if rel is None:
+        return None
+    if kind == "ReindexStmt" and not _reindex_concurrently(body, Subscriptions()):
+        if body.get("kind") == "REINDEX_OBJECT_TABLE":
+            return "REINDEX TABLE", rel, "p"
+        if body.get("kind") == "REINDEX_OBJECT_INDEX":
+            return "REINDEX INDEX", rel, "I"
+    if kind == "ClusterStmt":
+        return "CLUSTER", rel, "p"
+    return None
+
+
+class Partitioned:
+    """The partitioned tables, and the indexes on them, that a file (or the pending
+    files, in order) created so far: REINDEX or CLUSTER of one of them is refused in a
+    transaction block (ReindexPartitions in commands/indexcmds.c, 14+; cluster_rel's
+    caller in commands/cluster.c, 15+)."""
+
+    def __init__(self) -> None:
+        self.tables: list[Relation] = []
+        self.indexes: list[Relation] = []
+        self.plain: list[Relation] = []  # tables created without PARTITION BY
+
+    def note(self, node: Node) -> None:
+        kind, body = node
+        rel = relation(body)
+        if rel is None:
+            return
+        if kind == "CreateStmt":
+            (self.tables if body.get("partspec") else self.plain).append(rel)
+        elif kind == "IndexStmt" and body.get("idxname") and (table := self._table(rel)):
+            self.indexes.append((rel[0] or table[0], body["idxname"]))  # the table's schema
+
+    def _table(self, rel: Relation) -> Relation | None:
+        return next((t for t in self.tables if _same(t, rel)), None)
+
+    def refusal(self, node: Node) -> str | None:
+        """`REINDEX TABLE reading` (say) when this statement maintains one of them."""
+        found = maintenance(node)
+        if found is None:
+            return None
+        name, rel, relkind = found
+        known = self.tables if relkind == "p" else self.indexes
+        # A name as written: `reading` may be `public.reading`; a plain table created
+        # under exactly this name is not the partitioned one.
+        if rel not in known and (rel in self.plain or not any(_same(k, rel) for k in known)):
+            return None
+        return f"{name} of the partitioned {'table' if relkind == 'p' else 'index'} " + \
+            ".".join(part for part in rel if part)

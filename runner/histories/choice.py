@@ -44,9 +44,9 @@ SELECT (SELECT p.name FROM pg_catalog.unnest(pg_catalog.current_schemas(false))
 def folder_layout(folder: Path) -> str | None:
     """`sqlx` for a folder of `.up.sql` / `.down.sql` pairs, `native` when it holds a
     `_rollback.sql` file (sqlx would apply that as a second migration), None for plain
-    `.sql` files only, which both formats read. From the names alone; a ValidationError
+    `.sql` files only, which both formats read. From the names alone; a ConfigError
     when the folder cannot be read."""
-    names = [e.name for e in files.sql_entries(folder)]
+    names = files.sql_names(folder)
     if any(n.endswith("_rollback.sql") for n in names):
         return "native"
     if any(n.endswith((".up.sql", ".down.sql")) for n in names):
