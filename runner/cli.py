@@ -46,8 +46,17 @@ def _steps(value: str) -> int:
     return steps
 
 
+def _fleet(settings: Settings) -> bool:
+    """A target source is set (SPEC §11); which one, and only one, fleet mode checks."""
+    return bool(settings.targets or settings.targets_file or settings.targets_query)
+
+
 # Each handler imports its command's module: a pod start loads only `migrate`'s.
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    if _fleet(settings) and not args.dry_run:
+        from runner.fleet import commands as fleet_cmd
+
+        return fleet_cmd.migrate(settings, to=args.to, as_json=args.json)
     from runner.commands import migrate as migrate_cmd
 
     return migrate_cmd.migrate(settings, to=args.to, dry_run=args.dry_run)
@@ -128,6 +137,8 @@ def build_parser() -> Parser:
     p.add_argument("--to", type=_version, metavar="V", help="stop after version V")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan on stdout and change nothing")
+    p.add_argument("--json", action="store_true",
+                   help="fleet mode: the summary as one JSON document on stdout")
     p = command("validate", _validate, "check every file, forward and rollback, and (unless "
                 "--offline) the history; report every problem, exit 5 on any")
     p.add_argument("--offline", action="store_true", help="no database: file checks only")
@@ -191,7 +202,8 @@ def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
     flags = {s.flag for s in SPECS if s.flag}
     flags |= {"--to", "--steps", "--number", "--schema-name", "--report-schema", "--write",
               "--expect", "--mark-applied"}
-    return {f for f in flags if f not in ("--strict", "--allow-out-of-order")}
+    return {f for f in flags if f not in ("--strict", "--allow-out-of-order",
+                                         "--allow-no-targets")}
 
 
 def with_default_command(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -300,6 +312,9 @@ def _report(settings: Settings | None, command: str | None, code: int, message: 
             fields: dict[str, Any]) -> None:
     """Metrics of a migrate run, and the failure webhook of any command; neither can change
     the exit code."""
+    fleet = sys.modules.get("runner.fleet.report")
+    if fleet is not None and fleet.PUBLISHED:  # per target and once per shard, by the fleet
+        return
     host = client_host()
     if settings is not None and command == "migrate":
         metrics.publish(settings.pushgateway_url, settings.pushgateway_job,

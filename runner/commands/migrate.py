@@ -7,20 +7,24 @@ import time
 from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state
 from runner.errors import MigrationError
-from runner.folder import statements
+from runner.folder import files, statements
 from runner.histories.history import History, plural
 from runner.output import log
 from runner.settings import Settings
 
 
-def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) -> int:
+def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
+            migrations: list[files.Migration] | None = None) -> int:
+    """`migrations`: the folder as `history.load` reads it, when the caller read it
+    already (fleet mode reads it once per process, not once per database)."""
     logger = log.get()
     if not settings.run_migrations:
         logger.info("migrations_skipped", reason="RUN_MIGRATIONS is false")
         return 0
     started = time.monotonic()
     history = history_for(settings)
-    migrations = history.load(settings.migrations_path)
+    if migrations is None:
+        migrations = history.load(settings.migrations_path)
     if dry_run:
         with read_only(settings, "dry-run") as conn:
             applied = history.read_checked(conn, "migrate")
