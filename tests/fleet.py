@@ -58,6 +58,12 @@ class Sites:
     def base(self) -> str:
         return self.cluster.url("postgres")
 
+    def drop(self) -> None:
+        """Dropped after the test: a session's clones would fill the disk otherwise."""
+        with self.cluster.connect() as conn:
+            for name in self.names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def add(self, name: str) -> None:
         tpl = template(self.cluster, self.folder)
         with self.cluster.connect() as conn:

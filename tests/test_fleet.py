@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ PASSWORD = "Fleet-Pa55word-9"  # the test cluster trusts everyone: any password 
 
 
 @pytest.fixture
-def sites(cluster: Cluster, tmp_path: Path) -> Sites:
-    return make_sites(cluster, tmp_path, 6)
+def sites(cluster: Cluster, tmp_path: Path) -> Iterator[Sites]:
+    found = make_sites(cluster, tmp_path, 6)
+    yield found
+    found.drop()
 
 
 def fleet(sites: Sites, *args: str, **env: str) -> Result:
@@ -183,6 +186,7 @@ def test_indexed_job_simulation(cluster: Cluster, tmp_path: Path) -> None:
     for name in sites.names:
         assert sites.db(name).scalar(
             "SELECT count(*) FROM migration_audit WHERE version = 3 AND success") == 1
+    sites.drop()
 
 
 # --- outcomes -------------------------------------------------------------------------

@@ -101,8 +101,11 @@ class Session:
 
 
 @contextmanager
-def locked(settings: Settings, history: History) -> Iterator[Session]:
-    lock_conn = open_connection(settings, "lock")
+def locked(settings: Settings, history: History,
+           conn: Connection | None = None) -> Iterator[Session]:
+    """`conn`: the lock connection, when the caller opened it already (fleet mode's
+    pre-check reads the history on it before the lock); closed here like one opened here."""
+    lock_conn = conn if conn is not None else open_connection(settings, "lock")
     lock = AdvisoryLock(lock_conn, history.lock_key(lock_conn.info.dbname))
     session = Session(settings, lock)
     try:

@@ -10,13 +10,16 @@ from runner.errors import MigrationError
 from runner.folder import files, statements
 from runner.histories.history import History, plural
 from runner.output import log
+from runner.session.database import Connection
 from runner.settings import Settings
 
 
 def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
-            migrations: list[files.Migration] | None = None) -> int:
+            migrations: list[files.Migration] | None = None,
+            conn: Connection | None = None) -> int:
     """`migrations`: the folder as `history.load` reads it, when the caller read it
-    already (fleet mode reads it once per process, not once per database)."""
+    already (fleet mode reads it once per process, not once per database); `conn`: the
+    lock connection, already open (fleet mode's pre-check)."""
     logger = log.get()
     if not settings.run_migrations:
         logger.info("migrations_skipped", reason="RUN_MIGRATIONS is false")
@@ -31,7 +34,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
             state = read_state(history, applied, migrations, settings, to)
         print_plan(history.plan(state.comparison.pending))
         return 0
-    with locked(settings, history) as session:
+    with locked(settings, history, conn) as session:
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
         applied = history.read_checked(session.lock.conn, "migrate")

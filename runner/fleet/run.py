@@ -12,11 +12,15 @@ Signals reach the main thread only. On SIGTERM or SIGINT it raises the same inte
 in every target thread that is inside the single-database path, which then does what
 SPEC §3 says one run does (psycopg cancels the statement, the transaction rolls back,
 the audit row is written, the lock released), and reports the targets not yet started
-as `not_started`.
+as `not_started`. An exception raised into a thread arrives at its next Python bytecode,
+and psycopg's default wait (`wait_c`) stays in C for the whole query; so fleet mode uses
+psycopg's `wait_poll` (what PSYCOPG_WAIT_FUNC selects), which returns to Python every
+0.1 s of a wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
@@ -25,20 +29,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
+import psycopg.waiting
 import structlog
 
-from runner.commands import history_for, read_only
+from runner.commands import history_for, open_connection
 from runner.errors import LOCK_TIMEOUT, UNREACHABLE, Interrupted, LockTimeoutError, RunnerError
 from runner.fleet.targets import Selection, Target
 from runner.folder.files import Migration
 from runner.histories.history import History, compare
 from runner.output import log, metrics
+from runner.session import database
+from runner.session.database import Connection
 from runner.settings import Settings
 
 OK = ("up_to_date", "applied", "ahead")
 TRANSIENT = (UNREACHABLE, LOCK_TIMEOUT)
 _DEFER_FIRST_S, _DEFER_MAX_S = 0.5, 10.0
 _GRACE_S = 25.0  # in-flight targets stopping after a signal, inside Kubernetes' 30 s
+_CANCEL_AFTER_S = 1.0  # then their statements are cancelled from here
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Job:
     thread: threading.Thread | None = None
     guard: threading.Lock = field(default_factory=threading.Lock)
     interruptible: bool = False
+    conns: list[psycopg.Connection[Any]] = field(default_factory=list)  # opened by the target
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,13 @@ class Check:
     ahead: bool
 
 
-def precheck(settings: Settings, history: History, migrations: list[Migration],
+def precheck(conn: Connection, history: History, migrations: list[Migration],
              to: int | None) -> Check:
-    """One read of the history on a read-only connection, without the lock: up to date
+    """One read of the history in a read-only transaction, without the lock: up to date
     when every file is applied with its checksum and nothing is failed, pending or
-    missing. Raises what the connection or the history read raises."""
-    with read_only(settings, "precheck", level="debug") as conn:
+    missing. Raises what the history read raises."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
         applied = history.read_checked(conn, "migrate")
     comparison = compare(migrations, applied, history.eol_only)
     pending = [m for m in comparison.pending if to is None or m.version <= to]
@@ -122,6 +132,7 @@ class Fleet:
         o, t = job.outcome, job.outcome.target
         structlog.contextvars.bind_contextvars(target=t.name, shard=self.selection.index)
         metrics.TARGET.set(o.recorder)
+        database.OPENED.set(job.conns.append)
         o.tries += 1
         started = time.monotonic()
         deferred = False
@@ -164,15 +175,24 @@ class Fleet:
         now = time.monotonic()
         job.first_try = job.first_try if job.first_try is not None else now
         try:
-            check = precheck(settings, history_for(settings), self.migrations, self.to)
+            # The pre-check reads on what becomes the lock connection: an up-to-date target
+            # costs one connection and one read, and the fleet never holds more than two.
+            conn = open_connection(settings, "lock")
+            try:
+                check = precheck(conn, history_for(settings), self.migrations, self.to)
+            except BaseException:
+                conn.close()
+                raise
             o.version_before, o.pending = check.version_before, check.pending
             if check.up_to_date:
+                conn.close()
                 o.status, o.exit_code, o.version_after = "up_to_date", 0, check.version_before
                 return False
             applied_before = sum(1 for _, outcome in o.recorder.durations
                                  if outcome == "success")
             # The lock is tried once: a target whose lock is taken waits off its slot.
-            migrate(replace(settings, lock_timeout=0), to=self.to, migrations=self.migrations)
+            migrate(replace(settings, lock_timeout=0), to=self.to, migrations=self.migrations,
+                    conn=conn)
         except LockTimeoutError as exc:
             waited = time.monotonic() - job.first_try
             if waited < self.settings.lock_timeout:
@@ -256,6 +276,7 @@ class Fleet:
         """Every target of the shard tried, transient failures again at the end. Raises
         Interrupted after the in-flight targets stopped (their outcomes recorded)."""
         self.queue: deque[Job] = deque(Job(o) for o in self.outcomes)
+        psycopg.waiting.wait = psycopg.waiting.wait_poll
         try:
             self._drain()
             for _ in range(self.settings.target_retries):
@@ -290,6 +311,19 @@ class Fleet:
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(
                         ctypes.c_ulong(job.thread.ident), ctypes.py_object(Stop))
         deadline = time.monotonic() + _GRACE_S
+        self._join(jobs, min(deadline, time.monotonic() + _CANCEL_AFTER_S))
+        # An exception that arrived outside psycopg's wait cancelled nothing, and the
+        # rollback then waits for the statement: cancel it on the server.
+        for job in jobs:
+            if job.thread is not None and job.thread.is_alive():
+                for conn in job.conns:
+                    with contextlib.suppress(psycopg.Error):
+                        if not conn.closed:
+                            conn.cancel_safe(timeout=2)
+        self._join(jobs, deadline)
+
+    @staticmethod
+    def _join(jobs: list[Job], deadline: float) -> None:
         for job in jobs:
             if job.thread is not None:
                 job.thread.join(max(0.0, deadline - time.monotonic()))
