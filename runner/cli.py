@@ -53,11 +53,15 @@ def _fleet(settings: Settings) -> bool:
 
 # Each handler imports its command's module: a pod start loads only `migrate`'s.
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    if _fleet(settings) and not args.dry_run:
+    from runner.commands import migrate as migrate_cmd
+
+    if _fleet(settings):
         from runner.fleet import commands as fleet_cmd
 
+        if args.dry_run:
+            return fleet_cmd.each(settings, "migrate --dry-run", lambda one: migrate_cmd.migrate(
+                one, to=args.to, dry_run=True), query=True)
         return fleet_cmd.migrate(settings, to=args.to, as_json=args.json)
-    from runner.commands import migrate as migrate_cmd
 
     return migrate_cmd.migrate(settings, to=args.to, dry_run=args.dry_run)
 
@@ -65,10 +69,20 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import validate as validate_cmd
 
+    if _fleet(settings) and not args.offline:
+        from runner.fleet.commands import each
+
+        return each(settings, "validate", lambda one: validate_cmd.validate(one, offline=False),
+                    query=True)
+
     return validate_cmd.validate(settings, offline=args.offline)
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    if _fleet(settings):
+        from runner.fleet import status as fleet_status
+
+        return fleet_status.status(settings, as_json=args.json, exit_code=args.exit_code)
     from runner.commands import status as status_cmd
 
     return status_cmd.status(settings, as_json=args.json, exit_code=args.exit_code)
@@ -77,21 +91,39 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import rollback as rollback_cmd
 
-    return rollback_cmd.rollback(settings, steps=args.steps, to=args.to, dry_run=args.dry_run)
+    def run(one: Settings) -> int:
+        return rollback_cmd.rollback(one, steps=args.steps, to=args.to, dry_run=args.dry_run)
+
+    if _fleet(settings):
+        from runner.fleet.commands import each
+
+        return each(settings, "rollback", run)
+    return run(settings)
 
 
 def _baseline(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import baseline as baseline_cmd
 
+    if _fleet(settings):
+        from runner.fleet.commands import each
+
+        return each(settings, "baseline", lambda one: baseline_cmd.baseline(one, to=args.to))
     return baseline_cmd.baseline(settings, to=args.to)
 
 
 def _repair(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import repair as repair_cmd
 
-    return repair_cmd.repair(settings, failed=args.failed,
-                             accept_checksums=args.accept_checksums,
-                             mark_applied=args.mark_applied)
+    def run(one: Settings) -> int:
+        return repair_cmd.repair(one, failed=args.failed,
+                                 accept_checksums=args.accept_checksums,
+                                 mark_applied=args.mark_applied)
+
+    if _fleet(settings):
+        from runner.fleet.commands import each
+
+        return each(settings, "repair", run)
+    return run(settings)
 
 
 def _new(settings: Settings, args: argparse.Namespace) -> int:

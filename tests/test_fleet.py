@@ -273,3 +273,56 @@ def test_closed_port_among_the_targets(sites: Sites, tmp_path: Path) -> None:
     assert len(starts) == 2  # tried again at the end of the shard (MIGRATE_TARGET_RETRIES)
     assert sites.versions() == {n: 3 for n in sites.names}
     assert PASSWORD not in result.stdout + result.stderr + out.read_text()
+
+
+# --- the other commands ----------------------------------------------------------------
+
+def test_status_after_a_partial_run(sites: Sites) -> None:
+    bad = sites.names[1]
+    sites.db(bad).execute("CREATE TABLE annotation.mask_groups (id int)")
+    assert fleet(sites, MIGRATE_CONCURRENCY="1").code == 7  # stop: one failed, 4 not started
+    gone = f"postgresql://postgres@127.0.0.1:{free_port()}/site_gone"
+    listed = ",".join([*sites.names, gone])
+    result = run(sites.base, sites.folder, "status", "--json", "--exit-code",
+                 MIGRATE_TARGETS=listed, MIGRATE_WAIT_TIMEOUT="0")
+    assert result.code == 7, result.stderr
+    doc = json.loads(result.stdout)
+    states = {t["target"]: t["state"] for t in doc["targets"]}
+    assert states["site_gone"] == "unreachable"
+    assert states[sites.names[0]] == "current"
+    assert {n for n, s in states.items() if s == "behind"} == set(sites.names[1:])
+    assert doc["targets"][0]["target"] == "site_gone"  # worst first
+    assert "site_gone unreachable" in result.event("run_failed")["error"]
+    # Nothing was changed: status only reads.
+    assert sites.versions() == {sites.names[0]: 3, **{n: 2 for n in sites.names[1:]}}
+    only_behind = run(sites.base, sites.folder, "status", "--exit-code",
+                      MIGRATE_TARGETS=",".join(sites.names))
+    assert only_behind.code == 6, only_behind.stderr
+    assert "5 behind" in only_behind.stdout
+    sites.db(bad).execute("DROP TABLE annotation.mask_groups")
+    assert fleet(sites).code == 0
+    done = run(sites.base, sites.folder, "status", "--exit-code",
+               MIGRATE_TARGETS=",".join(sites.names))
+    assert done.code == 0 and "6 current" in done.stdout
+
+
+def test_rollback_takes_an_explicit_list_only(sites: Sites, tmp_path: Path) -> None:
+    two = sites.names[:2]
+    assert fleet(sites, MIGRATE_TARGETS=",".join(two)).code == 0
+    query = "SELECT datname FROM pg_database"
+    refused = run(sites.base, sites.folder, "rollback", MIGRATE_TARGETS_QUERY=query)
+    assert refused.code == 2 and "MIGRATE_TARGETS_QUERY" in refused.event("run_failed")["error"]
+    listing = tmp_path / "sites.txt"
+    listing.write_text("\n".join(two) + "\n")
+    result = run(sites.base, sites.folder, "rollback", MIGRATE_TARGETS_FILE=str(listing))
+    assert result.code == 0, result.stderr
+    assert sites.versions() == {n: 2 for n in sites.names}
+    assert [e["target"] for e in result.events if e["event"] == "rollback_applied"] == two
+
+
+def test_dry_run_per_target_changes_nothing(sites: Sites) -> None:
+    result = fleet(sites, "--dry-run", MIGRATE_TARGETS=",".join(sites.names[:2]))
+    assert result.code == 0, result.stderr
+    assert result.stdout.count("003_add_mask_tables.up.sql") == 2
+    assert f"[{sites.names[1]}]" in result.stdout
+    assert sites.versions() == {n: 2 for n in sites.names}

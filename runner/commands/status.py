@@ -21,7 +21,7 @@ from psycopg import sql
 from runner.commands import history_for, read_only, warn_eol_only
 from runner.errors import PENDING, VALIDATION, ConfigError
 from runner.folder import files
-from runner.histories.history import Applied, History, compare, named
+from runner.histories.history import Applied, Comparison, History, compare, named
 from runner.output import log
 from runner.session.database import Connection
 from runner.settings import Settings
@@ -122,7 +122,20 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
         log.get().warning("file_problem", problem=problem)
     # A person reading the table at a terminal wants the table; JSON logs stay complete.
     chatter = "debug" if settings.log_format == "console" and not as_json else "info"
-    with read_only(settings, "status", level=chatter) as conn:
+    rows, comparison = read(settings, history, folder, chatter)
+    if as_json:
+        print(json.dumps(document(rows), indent=2))
+    else:
+        print(table(rows, use_color(sys.stdout)))
+    getattr(log.get(), chatter)("status_read", **summary(rows))
+    return verdict(settings, history, comparison) if exit_code else 0
+
+
+def read(settings: Settings, history: History, folder: files.Folder,
+         level: str = "info") -> tuple[list[Row], Comparison]:
+    """The rows of one database (read-only); raises what connecting raises, and a
+    ConfigError for a role that may not read the history."""
+    with read_only(settings, "status", level=level) as conn:
         try:
             applied = history.read_checked(conn, "status")
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -130,13 +143,11 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     comparison = compare(folder.migrations, applied, history.eol_only)
     warn_eol_only(comparison, history)
     rows = classify(folder.migrations, applied, {m.version for m, _ in comparison.eol_only})
-    if as_json:
-        print(json.dumps(document(rows), indent=2))
-    else:
-        print(table(rows, use_color(sys.stdout)))
-    getattr(log.get(), chatter)("status_read", **summary(rows))
-    if not exit_code:
-        return 0
+    return rows, comparison
+
+
+def verdict(settings: Settings, history: History, comparison: Comparison) -> int:
+    """`--exit-code`: 5 when `migrate` would refuse, 6 when it would apply, else 0."""
     if (comparison.problems(settings.strict, settings.allow_out_of_order)
             or history.lex(comparison.pending)[1]):
         return VALIDATION
