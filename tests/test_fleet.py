@@ -326,3 +326,34 @@ def test_dry_run_per_target_changes_nothing(sites: Sites) -> None:
     assert result.stdout.count("003_add_mask_tables.up.sql") == 2
     assert f"[{sites.names[1]}]" in result.stdout
     assert sites.versions() == {n: 2 for n in sites.names}
+
+
+def test_server_concurrency_caps_targets_per_host(sites: Sites) -> None:
+    result = fleet(sites, MIGRATE_CONCURRENCY="4", MIGRATE_SERVER_CONCURRENCY="1")
+    assert result.code == 0, result.stderr
+    in_flight, most = 0, 0
+    for e in result.events:
+        if e["event"] == "target_started":
+            in_flight += 1
+            most = max(most, in_flight)
+        elif e["event"] in ("target_done", "target_failed"):
+            in_flight -= 1
+    assert most == 1  # one server: one site at a time, whatever MIGRATE_CONCURRENCY says
+
+
+def test_ahead_site_is_not_a_failure(sites: Sites) -> None:
+    ahead = sites.names[0]
+    assert fleet(sites, MIGRATE_TARGETS=ahead).code == 0
+    sites.db(ahead).execute("INSERT INTO migration_history (version, description, checksum, "
+                            "status) VALUES (99, 'newer image', 'x', 'applied')")
+    result = fleet(sites, "--json", MIGRATE_TARGETS=ahead)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["targets"][0]["status"] == "ahead"
+
+
+def test_unreachable_target_query_is_exit_3(sites: Sites) -> None:
+    base = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    result = run(base, sites.folder, "migrate", MIGRATE_TARGETS_QUERY="SELECT 'x'",
+                 MIGRATE_WAIT_TIMEOUT="0")
+    assert result.code == 3, result.stderr
+    assert "target_started" not in result.names()
