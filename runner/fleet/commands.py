@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from runner.commands import history_for
 from runner.errors import ConfigError, FleetError, Interrupted, RunnerError
 from runner.fleet import report, targets
-from runner.fleet.run import Fleet, Outcome
+from runner.fleet.run import Fleet, Outcome, error_of
 from runner.output import log
 from runner.settings import Settings
-
-
-def enabled(settings: Settings) -> bool:
-    """Fleet mode: a target source is set (two: ConfigError)."""
-    return targets.source(settings) is not None
 
 
 def migrate(settings: Settings, to: int | None = None, as_json: bool = False) -> int:
@@ -52,7 +46,8 @@ def migrate(settings: Settings, to: int | None = None, as_json: bool = False) ->
     if interrupted:
         raise interrupted
     if code:
-        raise FleetError(line, code, **_first_failure(outcomes))
+        failed = [o.target.name for o in report.ordered(outcomes) if o.status == "failed"]
+        raise FleetError(line, code, failed=failed)
     return 0
 
 
@@ -82,9 +77,7 @@ def each(settings: Settings, command: str, run: Callable[[Settings], int],
             o.status = "applied"
         except RunnerError as exc:
             o.status, o.exit_code = "failed", exc.exit_code
-            o.error = {"file": exc.fields.get("file"), "line": exc.fields.get("line"),
-                       "column": exc.fields.get("column"),
-                       "sqlstate": exc.fields.get("sqlstate"), "message": exc.message}
+            o.error = error_of(exc)
         o.duration_ms = round((time.monotonic() - began) * 1000)
         if o.status == "failed":
             logger.error("target_failed", exit_code=o.exit_code, **(o.error or {}))
@@ -99,7 +92,3 @@ def each(settings: Settings, command: str, run: Callable[[Settings], int],
         raise FleetError(report.termination(selection, outcomes, code), code)
     return 0
 
-
-def _first_failure(outcomes: list[Any]) -> dict[str, Any]:
-    failed = [o for o in report.ordered(outcomes) if o.status == "failed"]
-    return {"failed": [o.target.name for o in failed]}

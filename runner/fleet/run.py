@@ -104,10 +104,15 @@ def precheck(conn: Connection, history: History, migrations: list[Migration],
                  len(pending), bool(comparison.missing))
 
 
-def _error(exc: RunnerError) -> dict[str, Any]:
-    f = exc.fields
-    return {"file": f.get("file"), "line": f.get("line"), "column": f.get("column"),
-            "sqlstate": f.get("sqlstate"), "message": exc.message}
+def error_of(exc: RunnerError) -> dict[str, Any]:
+    """The summary's `error` of a target's failure: where (when a file's) and what."""
+    return plain_error(exc.message, exc.fields.get("sqlstate"), file=exc.fields.get("file"),
+                       line=exc.fields.get("line"), column=exc.fields.get("column"))
+
+
+def plain_error(message: str, sqlstate: str | None = None, **where: Any) -> dict[str, Any]:
+    return {"file": where.get("file"), "line": where.get("line"),
+            "column": where.get("column"), "sqlstate": sqlstate, "message": message}
 
 
 class Fleet:
@@ -147,12 +152,10 @@ class Fleet:
                     job.interruptible = False
         except Interrupted as exc:
             o.status, o.exit_code = "interrupted", exc.exit_code
-            o.error = {"file": None, "line": None, "column": None, "sqlstate": None,
-                       "message": f"interrupted by signal {exc.signum}"}
+            o.error = plain_error(f"interrupted by signal {exc.signum}")
         except Exception as exc:  # a bug: this target fails, the fleet goes on
             o.status, o.exit_code = "failed", 1
-            o.error = {"file": None, "line": None, "column": None, "sqlstate": None,
-                       "message": f"internal error: {exc!r}"}
+            o.error = plain_error(f"internal error: {exc!r}")
             self.log.exception("target_internal_error")
         o.duration_ms += round((time.monotonic() - started) * 1000)
         if not deferred:
@@ -203,22 +206,20 @@ class Fleet:
                               retry_in_s=round(retry_in, 2), **{
                                   k: v for k, v in exc.fields.items() if k.startswith("holder")})
                 return True
-            o.status, o.exit_code, o.error = "failed", exc.exit_code, _error(exc)
+            o.status, o.exit_code, o.error = "failed", exc.exit_code, error_of(exc)
             o.error["message"] = (f"advisory lock not acquired within "
                                   f"{self.settings.lock_timeout:g}s of the first try")
             return False
         except RunnerError as exc:
-            o.status, o.exit_code, o.error = "failed", exc.exit_code, _error(exc)
+            o.status, o.exit_code, o.error = "failed", exc.exit_code, error_of(exc)
             return False
         except psycopg.OperationalError as exc:  # the connection went away mid-run
             o.status, o.exit_code = "failed", UNREACHABLE
-            o.error = {"file": None, "line": None, "column": None, "sqlstate": exc.sqlstate,
-                       "message": f"database error: {str(exc).strip()}"}
+            o.error = plain_error(f"database error: {str(exc).strip()}", exc.sqlstate)
             return False
         except psycopg.Error as exc:
             o.status, o.exit_code = "failed", 1
-            o.error = {"file": None, "line": None, "column": None, "sqlstate": exc.sqlstate,
-                       "message": f"database error: {str(exc).strip()}"}
+            o.error = plain_error(f"database error: {str(exc).strip()}", exc.sqlstate)
             return False
         o.applied += sum(1 for _, outcome in o.recorder.durations
                          if outcome == "success") - applied_before
