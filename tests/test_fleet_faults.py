@@ -175,3 +175,16 @@ def test_role_connection_limit_below_the_need_still_finishes(
     with cluster.connect() as conn:
         for name in names:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_no_live_status_line_for_concurrent_targets(sites: Sites) -> None:
+    """The live line is one run's; on a terminal the fleet's console lines, each
+    prefixed with its site, say what runs."""
+    from tests.test_watch import _on_a_terminal
+
+    (sites.folder / "004_slow.up.sql").write_text("SELECT pg_sleep(1.5);\n")
+    two = sites.names[:2]
+    shown = _on_a_terminal(sites.db("postgres"), sites.folder, "console",
+                           MIGRATE_TARGETS=",".join(two))
+    assert "applying 004_slow" not in shown
+    assert all(f"[{name}] migration_applied" in shown for name in two), shown
