@@ -46,9 +46,22 @@ def _steps(value: str) -> int:
     return steps
 
 
+def _fleet(settings: Settings) -> bool:
+    """A target source is set (SPEC §11); which one, and only one, fleet mode checks."""
+    return bool(settings.targets or settings.targets_file or settings.targets_query)
+
+
 # Each handler imports its command's module: a pod start loads only `migrate`'s.
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import migrate as migrate_cmd
+
+    if _fleet(settings):
+        from runner.fleet import commands as fleet_cmd
+
+        if args.dry_run:
+            return fleet_cmd.each(settings, "migrate --dry-run", lambda one: migrate_cmd.migrate(
+                one, to=args.to, dry_run=True), query=True)
+        return fleet_cmd.migrate(settings, to=args.to, as_json=args.json)
 
     return migrate_cmd.migrate(settings, to=args.to, dry_run=args.dry_run)
 
@@ -56,10 +69,20 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _validate(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import validate as validate_cmd
 
+    if _fleet(settings) and not args.offline:
+        from runner.fleet.commands import each
+
+        return each(settings, "validate", lambda one: validate_cmd.validate(one, offline=False),
+                    query=True)
+
     return validate_cmd.validate(settings, offline=args.offline)
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    if _fleet(settings):
+        from runner.fleet import status as fleet_status
+
+        return fleet_status.status(settings, as_json=args.json, exit_code=args.exit_code)
     from runner.commands import status as status_cmd
 
     return status_cmd.status(settings, as_json=args.json, exit_code=args.exit_code)
@@ -68,21 +91,39 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import rollback as rollback_cmd
 
-    return rollback_cmd.rollback(settings, steps=args.steps, to=args.to, dry_run=args.dry_run)
+    def run(one: Settings) -> int:
+        return rollback_cmd.rollback(one, steps=args.steps, to=args.to, dry_run=args.dry_run)
+
+    if _fleet(settings):
+        from runner.fleet.commands import each
+
+        return each(settings, "rollback", run)
+    return run(settings)
 
 
 def _baseline(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import baseline as baseline_cmd
 
+    if _fleet(settings):
+        from runner.fleet.commands import each
+
+        return each(settings, "baseline", lambda one: baseline_cmd.baseline(one, to=args.to))
     return baseline_cmd.baseline(settings, to=args.to)
 
 
 def _repair(settings: Settings, args: argparse.Namespace) -> int:
     from runner.commands import repair as repair_cmd
 
-    return repair_cmd.repair(settings, failed=args.failed,
-                             accept_checksums=args.accept_checksums,
-                             mark_applied=args.mark_applied)
+    def run(one: Settings) -> int:
+        return repair_cmd.repair(one, failed=args.failed,
+                                 accept_checksums=args.accept_checksums,
+                                 mark_applied=args.mark_applied)
+
+    if _fleet(settings):
+        from runner.fleet.commands import each
+
+        return each(settings, "repair", run)
+    return run(settings)
 
 
 def _new(settings: Settings, args: argparse.Namespace) -> int:
@@ -129,6 +170,8 @@ def build_parser() -> Parser:
     p.add_argument("--to", type=_version, metavar="V", help="stop after version V")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan on stdout and change nothing")
+    p.add_argument("--json", action="store_true",
+                   help="fleet mode: the summary as one JSON document on stdout")
     p = command("validate", _validate, "check every file, forward and rollback, and (unless "
                 "--offline) the history; report every problem, exit 5 on any")
     p.add_argument("--offline", action="store_true", help="no database: file checks only")
@@ -195,7 +238,8 @@ def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
     flags = {s.flag for s in SPECS if s.flag}
     flags |= {"--to", "--steps", "--number", "--schema-name", "--report-schema", "--write",
               "--expect", "--mark-applied"}
-    return {f for f in flags if f not in ("--strict", "--allow-out-of-order")}
+    return {f for f in flags if f not in ("--strict", "--allow-out-of-order",
+                                         "--allow-no-targets")}
 
 
 def with_default_command(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -304,6 +348,9 @@ def _report(settings: Settings | None, command: str | None, code: int, message: 
             fields: dict[str, Any]) -> None:
     """Metrics of a migrate run, and the failure webhook of any command; neither can change
     the exit code."""
+    fleet = sys.modules.get("runner.fleet.report")
+    if fleet is not None and fleet.PUBLISHED:  # per target and once per shard, by the fleet
+        return
     host = client_host()
     if settings is not None and command == "migrate":
         metrics.publish(settings.pushgateway_url, settings.pushgateway_job,

@@ -14,6 +14,7 @@ UNREACHABLE = 3
 LOCK_TIMEOUT = 4
 VALIDATION = 5
 PENDING = 6  # `status --exit-code` only: migrations to apply, none refused
+TARGETS_FAILED = 7  # fleet mode only: a target failed for a reason a retry will not fix
 SIGINT_EXIT = 130
 SIGTERM_EXIT = 143
 
@@ -43,6 +44,15 @@ class LockTimeoutError(RunnerError):
 
 class MigrationError(RunnerError):
     exit_code = MIGRATION_FAILED
+
+
+class FleetError(RunnerError):
+    """Fleet mode's verdict (SPEC §11): the code its failed targets add up to, and the
+    termination line naming them."""
+
+    def __init__(self, message: str, exit_code: int, /, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.exit_code = exit_code
 
 
 class ValidationError(RunnerError):

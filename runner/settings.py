@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +63,21 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def parse_positive(text: str) -> int:
+    count = parse_count(text)
+    if count < 1:
+        raise ValueError("expected a whole number of 1 or more")
+    return count
+
+
+def parse_regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return text
 
 
 def parse_schema(text: str) -> str:
@@ -130,8 +146,36 @@ SPECS = [
          "how long the failure webhook may take"),
     Spec("progress_interval", "MIGRATE_PROGRESS_INTERVAL", "--progress-interval", parse_duration,
          10.0, "how often a running migration logs migration_progress (0: never)"),
+    # Fleet mode (SPEC §11): on when exactly one target source is set.
+    Spec("targets", "MIGRATE_TARGETS", "--targets", str, None,
+         "fleet mode: comma-separated databases (names on the base connection, or URLs)"),
+    Spec("targets_file", "MIGRATE_TARGETS_FILE", "--targets-file", str, None,
+         "fleet mode: a file of targets, one per line (# comments)"),
+    Spec("targets_query", "MIGRATE_TARGETS_QUERY", "--targets-query", str, None,
+         "fleet mode: SQL run read-only on the base connection; its first column lists "
+         "the targets"),
+    Spec("targets_include", "MIGRATE_TARGETS_INCLUDE", "--targets-include", parse_regex, None,
+         "fleet mode: only targets whose database name fully matches this regex"),
+    Spec("targets_exclude", "MIGRATE_TARGETS_EXCLUDE", "--targets-exclude", parse_regex, None,
+         "fleet mode: leave out targets whose database name fully matches this regex"),
+    Spec("allow_no_targets", "MIGRATE_ALLOW_NO_TARGETS", "--allow-no-targets", parse_bool,
+         False, "fleet mode: an empty target list is not an error"),
+    Spec("shard_index", "MIGRATE_SHARD_INDEX", "--shard-index", parse_count, None,
+         "fleet mode: this process's shard (default JOB_COMPLETION_INDEX, else 0)"),
+    Spec("shard_count", "MIGRATE_SHARD_COUNT", "--shard-count", parse_positive, 1,
+         "fleet mode: number of shards the targets are split into"),
+    Spec("concurrency", "MIGRATE_CONCURRENCY", "--concurrency", parse_positive, 4,
+         "fleet mode: targets in flight at once (each uses up to 2 connections)"),
+    Spec("server_concurrency", "MIGRATE_SERVER_CONCURRENCY", "--server-concurrency",
+         parse_positive, None, "fleet mode: targets in flight at once per host:port"),
+    Spec("on_error", "MIGRATE_ON_ERROR", "--on-error", parse_choice("stop", "continue"), "stop",
+         "fleet mode: after a failed target, start no new one (stop) or go on (continue)"),
+    Spec("target_retries", "MIGRATE_TARGET_RETRIES", "--target-retries", parse_count, 1,
+         "fleet mode: tries again, at the end, of a target that failed transiently"),
+    Spec("summary_file", "MIGRATE_SUMMARY_FILE", "--summary-file", str, None,
+         "fleet mode: write the JSON summary here (atomically)"),
 ]
-_BOOL_FLAGS = {"allow_out_of_order", "strict"}
+_BOOL_FLAGS = {"allow_out_of_order", "strict", "allow_no_targets"}
 
 
 @dataclass(frozen=True)
@@ -162,6 +206,19 @@ class Settings:
     # search_path finds it, as the app's unqualified `_sqlx_migrations` is.
     schema_explicit: bool = False
     database_password_file: str | None = None
+    targets: str | None = None
+    targets_file: str | None = None
+    targets_query: str | None = None
+    targets_include: str | None = None
+    targets_exclude: str | None = None
+    allow_no_targets: bool = False
+    shard_index: int | None = None
+    shard_count: int = 1
+    concurrency: int = 4
+    server_concurrency: int | None = None
+    on_error: str = "stop"
+    target_retries: int = 1
+    summary_file: str | None = None
 
     @property
     def migrations_path(self) -> Path:

@@ -22,6 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Large-fleet tests (minutes, hundreds of databases) run only when `-m` names them:
+    `pytest -m fleet_large`."""
+    if "fleet_large" in str(config.getoption("markexpr") or ""):
+        return
+    large = [item for item in items if "fleet_large" in item.keywords]
+    if large:
+        config.hook.pytest_deselected(items=large)
+        items[:] = [item for item in items if "fleet_large" not in item.keywords]
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     c = Cluster()

@@ -196,11 +196,11 @@ def test_sigterm_in_process_leaves_no_watch_thread(
     wait_until(lambda: _lock_released(db), timeout=5, what="advisory lock released")
 
 
-def _on_a_terminal(db: Db, folder: Path, log_format: str) -> str:
+def _on_a_terminal(db: Db, folder: Path, log_format: str, **extra: str) -> str:
     """Run with stderr on a pseudo-terminal; everything it showed there."""
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, cols
-    env = runner_env(db.url, folder, MIGRATE_LOG_FORMAT=log_format, TERM="xterm")
+    env = runner_env(db.url, folder, MIGRATE_LOG_FORMAT=log_format, TERM="xterm", **extra)
     proc = subprocess.Popen(runner_cmd(), env=env, stdout=subprocess.DEVNULL,
                             stderr=secondary, cwd=ROOT)
     os.close(secondary)

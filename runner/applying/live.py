@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,7 +75,10 @@ class _Above:
 def live_status(settings: Settings, watch: Watch) -> Iterator[None]:
     """Show the line while the block runs, when stderr is a terminal and the format
     `console`; otherwise do nothing."""
-    if settings.log_format != "console" or not sys.stderr.isatty():
+    # One line for the process's one run: fleet mode's target threads share the terminal,
+    # and their prefixed log lines say what runs.
+    if (settings.log_format != "console" or not sys.stderr.isatty()
+            or threading.current_thread() is not threading.main_thread()):
         yield
         return
     from tqdm import tqdm

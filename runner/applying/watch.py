@@ -31,6 +31,7 @@ and the watch goes on; nothing it does changes an exit code.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -125,7 +126,9 @@ class Watch:
         self._sample_sql = _SAMPLE.format(waited=waited)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="migration-watch", daemon=True)
+        # In the caller's context: its log fields (fleet mode's `target`) go on its events.
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._loop,), name="migration-watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -169,12 +169,15 @@ class Session:
 
 
 @contextmanager
-def locked(settings: Settings) -> Iterator[Session]:
+def locked(settings: Settings, conn: Connection | None = None,
+           settled: History | None = None) -> Iterator[Session]:
     """The lock connection, the run's history settled on it before the lock (whose key is
-    the format's), and the lock held."""
-    lock_conn = open_connection(settings, "lock")
+    the format's), and the lock held. `conn`: the lock connection when the caller opened
+    it already, with `settled` the history `settle` chose on it (fleet mode's pre-check
+    reads the history there before the lock); closed here like one opened here."""
+    lock_conn = conn if conn is not None else open_connection(settings, "lock")
     try:
-        history = settle(settings, lock_conn)
+        history = settled if settled is not None else settle(settings, lock_conn)
     except BaseException:
         lock_conn.close()
         raise

@@ -8,20 +8,28 @@ from runner.applying import partitioned
 from runner.applying.apply import Applier
 from runner.commands import history_for, locked, read_only, read_state, settle, settled_files
 from runner.errors import MigrationError
-from runner.folder import statements
+from runner.folder import files, statements
 from runner.histories.history import History, plural
 from runner.output import log
+from runner.session.database import Connection
 from runner.settings import Settings
 
 
-def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) -> int:
+def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
+            migrations: list[files.Migration] | None = None,
+            conn: Connection | None = None, settled: History | None = None) -> int:
+    """`migrations`: the folder as `history_for(settings).load` reads it, when the caller
+    read it already (fleet mode reads it once per process, not once per database); `conn`:
+    the lock connection, already open (fleet mode's pre-check), and `settled` the history
+    `settle` chose on it."""
     logger = log.get()
     if not settings.run_migrations:
         logger.info("migrations_skipped", reason="RUN_MIGRATIONS is false")
         return 0
     started = time.monotonic()
     folder_history = history_for(settings)
-    migrations = folder_history.load(settings.migrations_path)
+    if migrations is None:
+        migrations = folder_history.load(settings.migrations_path)
     if dry_run:
         with read_only(settings, "dry-run") as conn:
             history = settle(settings, conn)
@@ -32,7 +40,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
             partitioned.refuse(conn, planned)
         print_plan(planned)
         return 0
-    with locked(settings) as session:
+    with locked(settings, conn, settled) as session:
         history = session.history
         migrations = settled_files(history, folder_history, migrations, settings)
         # The history is read on the lock connection: with nothing pending, as on every pod

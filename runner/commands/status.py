@@ -21,7 +21,7 @@ from psycopg import sql
 from runner.commands import read_only, settle, warn_eol_only
 from runner.errors import PENDING, VALIDATION, ConfigError
 from runner.folder import files
-from runner.histories.history import Applied, History, compare, named
+from runner.histories.history import Applied, Comparison, History, compare, named
 from runner.output import log
 from runner.session.database import Connection
 from runner.settings import Settings
@@ -117,12 +117,32 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     0 when it would do nothing. A role that may not read the history: ConfigError (2)."""
     # A person reading the table at a terminal wants the table; JSON logs stay complete.
     chatter = "debug" if settings.log_format == "console" and not as_json else "info"
-    with read_only(settings, "status", level=chatter) as conn:
-        history = settle(settings, conn, level=chatter)
-        folder = history.read_folder(settings.migrations_path)
-        for problem in folder.problems:
-            # Shown, not fatal: the operator asked what the database looks like.
-            log.get().warning("file_problem", problem=problem)
+    rows, comparison, history = read(settings, chatter)
+    if as_json:
+        print(json.dumps(document(rows), indent=2))
+    else:
+        print(table(rows, use_color(sys.stdout)))
+    getattr(log.get(), chatter)("status_read", **summary(rows))
+    return verdict(settings, history, comparison) if exit_code else 0
+
+
+def read(settings: Settings, level: str = "info",
+         folders: dict[str, files.Folder] | None = None,
+         ) -> tuple[list[Row], Comparison, History]:
+    """The rows of one database (read-only) and the history format settled on it (SPEC
+    §8); `folders`: the folder as each format reads it, read once by a caller that reads
+    many databases (fleet mode), filled as needed. Raises what connecting raises, and a
+    ConfigError for a role that may not read the history."""
+    with read_only(settings, "status", level=level) as conn:
+        history = settle(settings, conn, level=level)
+        folder = folders.get(history.format) if folders is not None else None
+        if folder is None:
+            folder = history.read_folder(settings.migrations_path)
+            for problem in folder.problems:
+                # Shown, not fatal: the operator asked what the database looks like.
+                log.get().warning("file_problem", problem=problem)
+            if folders is not None:
+                folders[history.format] = folder
         try:
             applied = history.read_checked(conn, "status")
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -130,13 +150,11 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     comparison = compare(folder.migrations, applied, history.eol_only)
     warn_eol_only(comparison, history)
     rows = classify(folder.migrations, applied, {m.version for m, _ in comparison.eol_only})
-    if as_json:
-        print(json.dumps(document(rows), indent=2))
-    else:
-        print(table(rows, use_color(sys.stdout)))
-    getattr(log.get(), chatter)("status_read", **summary(rows))
-    if not exit_code:
-        return 0
+    return rows, comparison, history
+
+
+def verdict(settings: Settings, history: History, comparison: Comparison) -> int:
+    """`--exit-code`: 5 when `migrate` would refuse, 6 when it would apply, else 0."""
     if (comparison.problems(settings.strict, settings.allow_out_of_order)
             or history.lex(comparison.pending)[1]):
         return VALIDATION

@@ -61,6 +61,12 @@ class _Console:
         self.render = structlog.dev.ConsoleRenderer(colors=colors)
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        site = structlog.contextvars.get_contextvars().get("target")
+        if site is not None:  # fleet mode: `[site_017] migration_applied ...`
+            if event.get("target") == site:
+                del event["target"]
+            event.pop("shard", None)
+            event["event"] = f"[{site}] {event.get('event', '')}"
         found = [event.pop(k) for k in _LISTS if isinstance(event.get(k), list)]
         lines = [str(line) for line in found[0]] if found else []
         if lines and isinstance(event.get("error"), str):
@@ -85,6 +91,8 @@ def _count(lines: list[str]) -> str:
 def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = ()) -> None:
     """`watchers` are processors that see every event before it is rendered (metrics)."""
     processors: list[Any] = [
+        # Fleet mode binds `target` and `shard` per target thread (SPEC §11).
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_run_id,

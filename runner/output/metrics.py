@@ -9,6 +9,7 @@ the log. A failure to publish is a warning and never changes the exit code.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ class Recorder:
     database: str = "unknown"
 
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        own = TARGET.get()
+        if own is not None and own is not self:  # fleet mode: the event's target's numbers
+            return own(_logger, _method, event)
         name = event.get("event")
         if name == "migration_applied":
             self.durations.append((event["duration_ms"] / 1000, "success"))
@@ -42,10 +46,16 @@ class Recorder:
 
 
 RECORDER = Recorder()
+# Fleet mode runs each target in a thread of its own, with a Recorder of its own set here.
+TARGET: ContextVar[Recorder | None] = ContextVar("metrics_target", default=None)
 
 
 def publish(pushgateway_url: str | None, job: str, metrics_file: str | None,
-            exit_code: int, host: str) -> None:
+            exit_code: int, host: str,
+            targets: list[tuple[Recorder, int]] | None = None,
+            statuses: dict[str, int] | None = None) -> None:
+    """`targets`: fleet mode's (recorder, exit code) per database, in place of the one
+    RECORDER; `statuses`: its targets by status (`database_migrations_targets`)."""
     if not pushgateway_url and not metrics_file:
         return
     # Imported here: a run without metrics does not pay for prometheus_client.
@@ -61,8 +71,7 @@ def publish(pushgateway_url: str | None, job: str, metrics_file: str | None,
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created`: noise here
 
-    rec, registry = RECORDER, CollectorRegistry()
-    db = {"database": rec.database}
+    registry = CollectorRegistry()
     total = Counter("database_migrations", "Migrations attempted, by outcome.",
                     ["database", "outcome"], registry=registry)
     failed = Counter("database_migrations_failed", "Migrations that failed.", ["database"],
@@ -75,18 +84,26 @@ def publish(pushgateway_url: str | None, job: str, metrics_file: str | None,
                       ["database"], registry=registry)
     last_run = Gauge("database_migrations_last_run_timestamp_seconds",
                      "When the last run ended.", ["database"], registry=registry)
-    failed.labels(**db)
-    for outcome in ("success", "failure"):
-        total.labels(outcome=outcome, **db)
-    for seconds, outcome in rec.durations:
-        total.labels(outcome=outcome, **db).inc()
-        duration.labels(outcome=outcome, **db).observe(seconds)
-        if outcome == "failure":
-            failed.labels(**db).inc()
-    if rec.pending is not None:
-        pending.labels(**db).set(rec.pending)
-    last_exit.labels(**db).set(exit_code)
-    last_run.labels(**db).set(time.time())
+    for rec, code in targets if targets is not None else [(RECORDER, exit_code)]:
+        db = {"database": rec.database}
+        failed.labels(**db)
+        for outcome in ("success", "failure"):
+            total.labels(outcome=outcome, **db)
+        for seconds, outcome in rec.durations:
+            total.labels(outcome=outcome, **db).inc()
+            duration.labels(outcome=outcome, **db).observe(seconds)
+            if outcome == "failure":
+                failed.labels(**db).inc()
+        if rec.pending is not None:
+            pending.labels(**db).set(rec.pending)
+        last_exit.labels(**db).set(code)
+        last_run.labels(**db).set(time.time())
+    if statuses is not None:
+        by_status = Gauge("database_migrations_targets", "Fleet targets of this run, by status.",
+                          ["status"], registry=registry)
+        for status, n in statuses.items():
+            by_status.labels(status=status).set(n)
+    database = RECORDER.database if targets is None else "fleet"
 
     logger = log.get()
     if metrics_file:
@@ -97,8 +114,8 @@ def publish(pushgateway_url: str | None, job: str, metrics_file: str | None,
     if pushgateway_url:
         try:
             push_to_gateway(pushgateway_url, job=job, registry=registry, timeout=5,
-                            grouping_key={"database": rec.database, "instance": host})
+                            grouping_key={"database": database, "instance": host})
         except Exception as exc:  # any failure to push is only a warning
             logger.warning("metrics_push_failed", error=f"{exc.__class__.__name__}: {exc}")
         else:
-            logger.info("metrics_pushed", database=rec.database, job=job)
+            logger.info("metrics_pushed", database=database, job=job)

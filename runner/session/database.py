@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -25,6 +27,10 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 APPLICATION_NAME = "migration-runner"
 # libpq keepalives on our end; the same numbers for the server's end: a dead peer is
 # noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows.
+# Told of every connection opened in this context (fleet mode: to cancel a target's
+# statements on SIGTERM from the thread that received it).
+OPENED: ContextVar[Callable[[psycopg.Connection[Any]], None] | None] = ContextVar(
+    "opened", default=None)
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
 
@@ -104,6 +110,9 @@ def connect(settings: Settings, purpose: str) -> Connection:
                                f"{connect_failure.refusal(sqlstate, message)}: {message}",
                                sqlstate=sqlstate, target=target) from None
     _set_session(conn)
+    opened = OPENED.get()
+    if opened is not None:
+        opened(conn)
     return conn
 
 
