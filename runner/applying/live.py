@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-import structlog
-
 from runner.applying.watch import Watch
 from runner.settings import Settings
 
@@ -66,6 +64,7 @@ def live_status(settings: Settings, watch: Watch) -> Iterator[None]:
     if settings.log_format != "console" or not sys.stderr.isatty():
         yield
         return
+    import structlog
     from tqdm import tqdm
 
     stream = sys.stderr
