@@ -14,10 +14,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -25,11 +25,6 @@ if TYPE_CHECKING:
     from run import Bench
 
 Files = Sequence[tuple[str, str]]  # (file name, SQL) in version order
-RSS_BASE_MIB = 64  # the files issue's memory target: 64 MiB + 3 x the largest file
-
-
-class Paired(Protocol):
-    def __call__(self, b: Bench, top: str, bottom: str) -> float: ...
 
 
 @dataclass
@@ -166,58 +161,3 @@ def install_peers(work: Path, files: Files) -> list[Peer]:
         else:
             peers.append(peer)
     return peers
-
-
-def compare(b: Bench, med: dict[str, float], paired: Paired) -> None:
-    """The runner beside its peers, then every target of the performance issue with its
-    verdict. Ratios against psql's one-transaction floor are paired (round by round)."""
-    floor, rounds = "psql -1 (one transaction)", len(b.samples["race"])
-    runner_races = sum(f.startswith(f"FAIL race of {b.racers}") for f in b.failures)
-    rows = [("migration-runner", "", rounds - runner_races, [])]
-    rows += [(p.label, f"{p.name} ", rounds - len(p.race_faults), p.race_faults)
-             for p in b.peers]
-    print(f"\n{'tool':<24}{'apply-all/floor':>16}{'no-op s':>9}{'race s':>8}"
-          f"{'race/apply':>11}{'RSS MiB':>9}  {b.racers}-way race")
-    for label, key, correct, faults in rows:
-        race = (f"correct in all {rounds} rounds" if not faults else
-                f"FAILS in {rounds - correct} of {rounds} rounds: {faults[0]}")
-        print(f"{label:<24}{paired(b, key + 'apply-all', floor):>15.2f}x"
-              f"{med[key + 'no-op']:>9.3f}{med[key + 'race']:>8.2f}"
-              f"{paired(b, key + 'race', key + 'apply-all'):>10.2f}x"
-              f"{max(b.samples[key + 'apply-all peak RSS']):>9.1f}  {race}")
-
-    def peer(name: str) -> Peer | None:
-        return next((p for p in b.peers if p.name == name), None)
-
-    def below(what: str, ours: float, name: str, theirs: Callable[[], float],
-              unit: str) -> tuple[str, str, bool | None]:
-        found = peer(name)
-        if found is None:
-            return f"{what} below {name}'s", "not installed", None
-        value = theirs()
-        digits = 2 if unit == "x" else 3
-        return (f"{what} below {found.label}'s",
-                f"{ours:.{digits}f}{unit} vs {value:.{digits}f}{unit}",
-                ours < value)
-
-    apply_all, noop = paired(b, "apply-all", floor), med["no-op"]
-    race = paired(b, "race", "apply-all")
-    rss, rss_limit = max(b.samples["apply-all peak RSS"]), RSS_BASE_MIB + 3 * max(
-        len(sql.encode()) for _, sql in b.files) / 2**20
-    targets = [
-        ("apply-all <= 1.2x the psql one-transaction floor", f"{apply_all:.2f}x",
-         apply_all <= 1.2),
-        below("apply-all / floor", apply_all, "dbmate",
-              lambda: paired(b, "dbmate apply-all", floor), "x"),
-        ("no-op whole process <= 0.15 s", f"{noop:.3f} s", noop <= 0.15),
-        below("no-op", noop, "yoyo", lambda: med["yoyo no-op"], " s"),
-        (f"{b.racers}-way race correct in every round", f"{rounds - runner_races} of {rounds}",
-         runner_races == 0),
-        (f"{b.racers}-way race <= 1.3x own apply-all", f"{race:.2f}x", race <= 1.3),
-        (f"peak RSS <= {RSS_BASE_MIB} MiB + 3 x largest file ({rss_limit:.1f} MiB)",
-         f"{rss:.1f} MiB", rss <= rss_limit),
-    ]
-    print(f"\n{'target (ratios paired, times medians)':<56}{'measured':>22}  verdict")
-    for name, measured, met in targets:
-        verdict = "not measured" if met is None else "met" if met else "MISSED"
-        print(f"{name:<56}{measured:>22}  {verdict}")

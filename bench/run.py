@@ -18,10 +18,8 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,8 @@ from pathlib import Path
 from types import FrameType
 
 import psycopg
-from peers import Peer, compare, install_peers
+from peers import Peer, install_peers
+from report import machine, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -326,54 +325,6 @@ class Bench:
                               if "LOG:  statement: " in line or "LOG:  execute " in line))
         self.drop_db(db)
         return counts[0], counts[1]
-
-
-def machine(cluster: BenchCluster) -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?")
-    with cluster.connect() as conn:
-        version = (conn.execute("SHOW server_version").fetchone() or ("?",))[0]
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {os.cpu_count()} CPUs "
-            f"({model}); PostgreSQL {version}; Python {platform.python_version()}; "
-            f"psycopg {psycopg.__version__}; load average {load}")
-
-
-def report(b: Bench, logged: tuple[int, int]) -> None:
-    med = {k: statistics.median(v) for k, v in b.samples.items()}
-    print(f"\n{'row':<50}{'n':>3}{'median':>9}{'min':>9}{'max':>9}")
-    for row, values in b.samples.items():
-        label = {"apply-all": f"apply-all: migrate {b.n} files, fresh db",
-                 "no-op": "no-op: migrate, everything applied",
-                 "race": f"race: {b.racers} runners at once, fresh db"}.get(row, row)
-        unit, digits = ("MiB", 1) if "RSS" in row else ("s", 3)
-        print(f"{label + ' (' + unit + ')':<50}{len(values):>3}{med[row]:>9.{digits}f}"
-              f"{min(values):>9.{digits}f}{max(values):>9.{digits}f}")
-
-    def ratio(name: str, top: str, bottom: str) -> None:
-        print(f"{name:<44}{med[top] / med[bottom]:>8.2f}x{paired(b, top, bottom):>8.2f}x")
-
-    single, per_file = "psql -1 (one transaction)", "psql, BEGIN/COMMIT per file"
-    print(f"\n{'ratio':<44}{'medians':>9}{'paired':>9}")
-    ratio("apply-all / psql one-transaction floor", "apply-all", single)
-    ratio("apply-all / psql per-file-transaction floor", "apply-all", per_file)
-    ratio("per-file floor / one-transaction floor", per_file, single)
-    ratio("async-but-last floor / one-transaction floor",
-          "psql, per file, async commit but last", single)
-    ratio("race / apply-all", "race", "apply-all")
-    compare(b, med, paired)
-    apply_all, noop = logged
-    print(f"\nstatements the server logged (log_statement=all): apply-all {apply_all}, no-op "
-          f"{noop}; ({apply_all} - {noop}) / {b.n} = {(apply_all - noop) / b.n:.2f} per "
-          "migration")
-
-
-def paired(b: Bench, top: str, bottom: str) -> float:
-    """The median of the per-round ratios: each pair measured within one round, so less
-    exposed to a shared machine's load swings than the ratio of the medians."""
-    return statistics.median(
-        x / y for x, y in zip(b.samples[top], b.samples[bottom], strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
