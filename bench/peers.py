@@ -35,7 +35,7 @@ class Peer:
     history: str  # the peer's own table of applied migrations
     command: list[str]  # the migrate-everything command; "{url}" stands for the database's
     race_faults: list[str] = field(default_factory=list)  # one entry per failed race
-    other_faults: list[str] = field(default_factory=list)
+    other_faults: list[str] = field(default_factory=list)  # apply-all and no-op
 
     @property
     def label(self) -> str:
@@ -48,8 +48,9 @@ class Peer:
         """What was wrong with a run: non-zero exits, a migration not applied exactly once,
         the peer's history not one row per migration."""
         bad = [c for c in codes if c]
-        problems = [f"{len(bad)} of {len(codes)} exited non-zero ({sorted(set(bad))})"
-                    if bad else ""]
+        problems = []
+        if bad:
+            problems.append(f"{len(bad)} of {len(codes)} exited non-zero ({sorted(set(bad))})")
         try:
             rows, versions = b.scalars(
                 db, "SELECT count(*), count(DISTINCT version) FROM bench_applied")
@@ -60,7 +61,7 @@ class Peer:
                 problems.append(f"{recorded} rows in {self.history}")
         except psycopg.Error as exc:
             problems.append(f"cannot count what was applied: {str(exc).splitlines()[0]}")
-        return [p for p in problems if p]
+        return problems
 
     def measure(self, b: Bench) -> None:
         """One round: apply-all and three no-ops on one fresh database, a race on another."""

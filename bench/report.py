@@ -85,6 +85,10 @@ def compare(b: Bench, med: dict[str, float]) -> None:
               f"{med[key + 'no-op']:>9.3f}{med[key + 'race']:>8.2f}"
               f"{paired(b, key + 'race', key + 'apply-all'):>10.2f}x"
               f"{max(b.samples[key + 'apply-all peak RSS']):>9.1f}  {race}")
+    for p in b.peers:
+        if p.other_faults:
+            print(f"  {p.label}: {len(p.other_faults)} apply-all or no-op runs failed, first: "
+                  f"{p.other_faults[0]}")
 
     def peer(name: str) -> Peer | None:
         return next((p for p in b.peers if p.name == name), None)
