@@ -72,7 +72,7 @@ def compare(b: Bench, med: dict[str, float]) -> None:
     """The runner beside its peers, then every target of the performance issue with its
     verdict. Ratios against psql's one-transaction floor are paired (round by round)."""
     floor, rounds = "psql -1 (one transaction)", len(b.samples["race"])
-    runner_races = sum(f.startswith(f"FAIL race of {b.racers}") for f in b.failures)
+    runner_races = b.bad_races
     rows = [("migration-runner", "", rounds - runner_races, [])]
     rows += [(p.label, f"{p.name} ", rounds - len(p.race_faults), p.race_faults)
              for p in b.peers]

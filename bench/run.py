@@ -84,6 +84,7 @@ class Bench:
     files: list[tuple[str, str]] = field(default_factory=list)  # (name, SQL), in order
     peers: list[Peer] = field(default_factory=list)
     live: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    bad_races: int = 0  # timed rounds whose race was incorrect
     _dbs: int = 0
     python: Path = Path(sys.executable)
     runner: Path = RUNNER
@@ -229,6 +230,14 @@ class Bench:
             print(f"\n!!! {message}  (logs in {self.work})\n", file=sys.stderr, flush=True)
             self.failures.append(message)
 
+    def forget_warmup(self) -> None:
+        """The warm-up round's figures go; its failures still fail the bench."""
+        self.samples.clear()
+        self.bad_races = 0
+        for peer in self.peers:
+            peer.race_faults.clear()
+            peer.other_faults.clear()
+
     def add(self, row: str, value: float) -> None:
         self.samples.setdefault(row, []).append(value)
 
@@ -264,7 +273,9 @@ class Bench:
         pids = [self.spawn([str(self.runner), "migrate"], env, log) for _ in range(self.racers)]
         codes = [self.reap(pid)[0] for pid in pids]
         self.add("race", time.perf_counter() - started)
+        failed = len(self.failures)
         self.check(f"race of {self.racers}", db, codes)
+        self.bad_races += len(self.failures) > failed
         self.race_phases(self.work / log, spawned, time.time())
         self.drop_db(db)
 
@@ -366,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_warmup:
             print("warm-up round (untimed) ...", flush=True)
             bench.round()
-            bench.samples.clear()
+            bench.forget_warmup()
         for i in range(args.runs):
             print(f"round {i + 1}/{args.runs} ...", flush=True)
             bench.round()
