@@ -97,7 +97,7 @@ def compare(b: Bench, med: dict[str, float]) -> None:
               unit: str) -> tuple[str, str, bool | None]:
         found = peer(name)
         if found is None:
-            return f"{what} below {name}'s", "not installed", None
+            return f"{what} below {name}'s", "skipped", None  # --no-peers, or no install
         value = theirs()
         digits = 2 if unit == "x" else 3
         return (f"{what} below {found.label}'s",

@@ -263,6 +263,7 @@ class Bench:
             self.check("no-op", db, [p.code])
             self.add("no-op", p.seconds)
         p = self.run([str(self.runner), "migrate"], env, log="runner-noop.log", rss=True)
+        self.check("no-op", db, [p.code])
         self.add("no-op peak RSS", p.rss_kib / 1024)
         self.drop_db(db)
 
