@@ -1,11 +1,14 @@
-"""Benchmark: migration-runner against the psql floor, on a throwaway PostgreSQL (fsync on).
+"""Benchmark: migration-runner against the psql floor and its peers, on a throwaway
+PostgreSQL (fsync on).
 
-    .venv/bin/python bench/run.py [--runs 5] [--migrations 300] [--racers 8]
+    .venv/bin/python bench/run.py [--runs 5] [--migrations 300] [--racers 8] [--no-peers]
 
 Medians of psql floors, apply-all, no-op, race and Python start-up floors, each run on a
-fresh database; the ratios against issue 6's targets; statements per migration (see
-bench/README.md). Exits 1 when any run was incorrect (a migration not applied exactly once,
-or a process exiting non-zero); a missed target is reported, not an error.
+fresh database; the same for dbmate and yoyo-migrations (bench/peers.py); every target of
+the performance issue with its verdict; statements per migration (see bench/README.md).
+Exits 1 when any run of the runner or psql was incorrect (a migration not applied exactly
+once, or a process exiting non-zero); a missed target, or a peer's failure, is reported,
+not an error.
 """
 
 from __future__ import annotations
@@ -15,10 +18,8 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from pathlib import Path
 from types import FrameType
 
 import psycopg
+from peers import Peer, install_peers
+from report import machine, report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,6 +47,7 @@ if __name__ == "__main__":
     sys.exit(run())
 """
 ROWS = 10  # rows each generated migration inserts
+GNU_TIME = shutil.which("time")  # Debian's `time` package
 
 
 class BenchCluster(Cluster):
@@ -77,7 +81,10 @@ class Bench:
     racers: int
     samples: dict[str, list[float]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)  # (name, SQL), in order
+    peers: list[Peer] = field(default_factory=list)
     live: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    bad_races: int = 0  # timed rounds whose race was incorrect
     _dbs: int = 0
     python: Path = Path(sys.executable)
     runner: Path = RUNNER
@@ -99,7 +106,8 @@ class Bench:
                      f"CREATE INDEX {t}_label_idx ON {t} (label);\n"
                      f"INSERT INTO {t} (id, label) VALUES {values};\n"
                      f"INSERT INTO bench_applied (version) VALUES ({i});\n")
-            (folder / f"{i:0{width}d}_create_{t}.sql").write_text(body)
+            self.files.append((f"{i:0{width}d}_create_{t}.sql", body))
+            (folder / self.files[-1][0]).write_text(body)
             bodies.append(body)
         (self.work / "all.sql").write_text("".join(bodies))
         (self.work / "all_wrapped.sql").write_text(
@@ -118,7 +126,8 @@ class Bench:
         return proc.pid
 
     def reap(self, pid: int) -> tuple[int, int]:
-        """Exit code and peak RSS (KiB) of one child, from wait4's resource usage."""
+        """Exit code and peak RSS (KiB) of one child, from wait4's resource usage: never
+        less than this process's own peak, which the child had until its exec."""
         _, status, usage = os.wait4(pid, 0)
         for proc in self.live:
             if proc.pid == pid:
@@ -128,11 +137,21 @@ class Bench:
         return os.waitstatus_to_exitcode(status), usage.ru_maxrss
 
     def run(self, cmd: Sequence[str], env: dict[str, str] | None = None,
-            log: str = "other.log") -> Proc:
+            log: str = "other.log", rss: bool = False) -> Proc:
+        """`rss`: the child's own peak, through GNU time (a small process forking it),
+        where it is installed; wait4's figure would be the bench's own, ~37 MiB, for a
+        child smaller than that."""
+        out = self.work / "rss"
+        if rss and GNU_TIME:
+            cmd = [GNU_TIME, "-f", "%M", "-o", str(out), *cmd]
         started = time.perf_counter()
         pid = self.spawn(cmd, env, log)
-        code, rss = self.reap(pid)
-        return Proc(time.perf_counter() - started, code, rss)
+        code, rss_kib = self.reap(pid)
+        seconds = time.perf_counter() - started
+        if rss and GNU_TIME:
+            rss_kib = int(out.read_text().split()[-1]) if out.exists() else 0
+            out.unlink(missing_ok=True)
+        return Proc(seconds, code, rss_kib)
 
     def kill_children(self) -> None:
         for proc in self.live:
@@ -211,6 +230,14 @@ class Bench:
             print(f"\n!!! {message}  (logs in {self.work})\n", file=sys.stderr, flush=True)
             self.failures.append(message)
 
+    def forget_warmup(self) -> None:
+        """The warm-up round's figures go; its failures still fail the bench."""
+        self.samples.clear()
+        self.bad_races = 0
+        for peer in self.peers:
+            peer.race_faults.clear()
+            peer.other_faults.clear()
+
     def add(self, row: str, value: float) -> None:
         self.samples.setdefault(row, []).append(value)
 
@@ -227,7 +254,7 @@ class Bench:
     def apply_all_and_noop(self) -> None:
         db = self.fresh_db()
         env = self.runner_env(db)
-        p = self.run([str(self.runner), "migrate"], env, log="runner-apply.log")
+        p = self.run([str(self.runner), "migrate"], env, log="runner-apply.log", rss=True)
         self.check("apply-all", db, [p.code])
         self.add("apply-all", p.seconds)
         self.add("apply-all peak RSS", p.rss_kib / 1024)
@@ -235,6 +262,8 @@ class Bench:
             p = self.run([str(self.runner), "migrate"], env, log="runner-noop.log")
             self.check("no-op", db, [p.code])
             self.add("no-op", p.seconds)
+        p = self.run([str(self.runner), "migrate"], env, log="runner-noop.log", rss=True)
+        self.check("no-op", db, [p.code])
         self.add("no-op peak RSS", p.rss_kib / 1024)
         self.drop_db(db)
 
@@ -245,7 +274,9 @@ class Bench:
         pids = [self.spawn([str(self.runner), "migrate"], env, log) for _ in range(self.racers)]
         codes = [self.reap(pid)[0] for pid in pids]
         self.add("race", time.perf_counter() - started)
+        failed = len(self.failures)
         self.check(f"race of {self.racers}", db, codes)
+        self.bad_races += len(self.failures) > failed
         self.race_phases(self.work / log, spawned, time.time())
         self.drop_db(db)
 
@@ -283,6 +314,8 @@ class Bench:
         self.psql("psql, per file, async commit but last", "all_async.sql")
         self.apply_all_and_noop()
         self.race()
+        for peer in self.peers:
+            peer.measure(self)
         self.python_floors()
 
     def statements(self) -> tuple[int, int]:
@@ -306,59 +339,6 @@ class Bench:
         return counts[0], counts[1]
 
 
-def machine(cluster: BenchCluster) -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?")
-    with cluster.connect() as conn:
-        version = (conn.execute("SHOW server_version").fetchone() or ("?",))[0]
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {os.cpu_count()} CPUs "
-            f"({model}); PostgreSQL {version}; Python {platform.python_version()}; "
-            f"psycopg {psycopg.__version__}; load average {load}")
-
-
-def report(b: Bench, logged: tuple[int, int]) -> None:
-    med = {k: statistics.median(v) for k, v in b.samples.items()}
-    print(f"\n{'row':<50}{'n':>3}{'median':>9}{'min':>9}{'max':>9}")
-    for row, values in b.samples.items():
-        label = {"apply-all": f"apply-all: migrate {b.n} files, fresh db",
-                 "no-op": "no-op: migrate, everything applied",
-                 "race": f"race: {b.racers} runners at once, fresh db"}.get(row, row)
-        unit, digits = ("MiB", 1) if "RSS" in row else ("s", 3)
-        print(f"{label + ' (' + unit + ')':<50}{len(values):>3}{med[row]:>9.{digits}f}"
-              f"{min(values):>9.{digits}f}{max(values):>9.{digits}f}")
-
-    def ratio(name: str, top: str, bottom: str | None, target: float | None) -> None:
-        """Ratio of the medians, and the median of per-round ratios (each pair measured
-        within one round, so less exposed to a shared machine's load swings)."""
-        if bottom is None:  # an absolute number of seconds
-            of_medians, paired, unit = med[top], med[top], "s"
-        else:
-            of_medians, unit = med[top] / med[bottom], "x"
-            paired = statistics.median(
-                x / y for x, y in zip(b.samples[top], b.samples[bottom], strict=True))
-        verdict = "" if target is None else ("met" if paired <= target else "MISSED")
-        limit = "" if target is None else f"<= {target:g}{unit}"
-        print(f"{name:<44}{of_medians:>8.2f}{unit}{paired:>8.2f}{unit}{limit:>10}  {verdict}")
-
-    single, per_file = "psql -1 (one transaction)", "psql, BEGIN/COMMIT per file"
-    print(f"\n{'ratio':<44}{'medians':>9}{'paired':>9}{'target':>10}")
-    ratio("apply-all / psql one-transaction floor", "apply-all", single, 1.2)
-    ratio("apply-all / psql per-file-transaction floor", "apply-all", per_file, None)
-    ratio("per-file floor / one-transaction floor", per_file, single, None)
-    ratio("async-but-last floor / one-transaction floor",
-          "psql, per file, async commit but last", single, None)
-    ratio("no-op whole process (s)", "no-op", None, 0.15)
-    ratio("race / apply-all", "race", "apply-all", 1.3)
-    print(f"\ncorrectness (every run checked; race: {len(b.samples['race'])} runs): "
-          f"{'all correct' if not b.failures else str(len(b.failures)) + ' FAILED'}")
-    apply_all, noop = logged
-    print(f"statements the server logged (log_statement=all): apply-all {apply_all}, no-op "
-          f"{noop}; ({apply_all} - {noop}) / {b.n} = {(apply_all - noop) / b.n:.2f} per "
-          "migration")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="timed runs of each row (default 5)")
@@ -368,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true",
                     help="instead: peak RSS against file size, runner and psql (memory.py)")
     ap.add_argument("--sizes", default="1,10,50", help="--memory: file sizes in MB")
+    ap.add_argument("--no-peers", action="store_true", help="without dbmate and yoyo")
     args = ap.parse_args(argv)
     if args.memory:
         import memory  # bench/memory.py, beside this script
@@ -393,13 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(cluster, work, args.migrations, args.racers)
         bench.generate()
         bench.install()
+        if not args.no_peers:
+            bench.peers = install_peers(work, bench.files)
         print(f"machine: {machine(cluster)}", flush=True)
+        if not GNU_TIME:
+            print("GNU time not found (apt-get install time): peak RSS rows show at least "
+                  "the bench's own", flush=True)
         print(f"{args.migrations} migrations, {args.runs} runs, {args.racers} racers; "
               f"server port {cluster.port}, fsync on; work dir {work}", flush=True)
         if not args.no_warmup:
             print("warm-up round (untimed) ...", flush=True)
             bench.round()
-            bench.samples.clear()
+            bench.forget_warmup()
         for i in range(args.runs):
             print(f"round {i + 1}/{args.runs} ...", flush=True)
             bench.round()

@@ -138,6 +138,8 @@ def test_nothing_listening_waits_up_to_the_deadline_and_tries_at_it(migrations: 
     retries = [e for e in result.events if e["event"] == "db_wait_retry"]
     waited = sum(e["delay_s"] for e in retries)
     assert 2.5 <= waited <= 3.0, f"slept {waited:.3f} s in all"
+    # The first attempt is made outside the retry loop, and still counted as its first.
+    assert [e["attempt"] for e in retries] == list(range(1, len(retries) + 1))
 
 
 @pytest.mark.parametrize("command", ["migrate", "status"])

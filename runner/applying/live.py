@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-import structlog
-
 from runner.applying.watch import Watch
 from runner.settings import Settings
 
@@ -81,6 +79,7 @@ def live_status(settings: Settings, watch: Watch) -> Iterator[None]:
             or threading.current_thread() is not threading.main_thread()):
         yield
         return
+    import structlog
     from tqdm import tqdm
 
     stream = sys.stderr

@@ -6,22 +6,18 @@ import math
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from runner.errors import ConfigError, UnreachableError
 from runner.output import log
 from runner.session import connect_failure
 from runner.session import conninfo as cinfo
 from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 APPLICATION_NAME = "migration-runner"
@@ -42,6 +38,8 @@ def transient_reason(exc: BaseException) -> str | None:
 def _wait_within(timeout: float) -> Any:
     """Exponential backoff with jitter, the last sleep cut to the time left, so the last
     attempt is made at the deadline rather than one backoff step before it."""
+    from tenacity import wait_exponential_jitter
+
     backoff = wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.3)
 
     def wait(state: RetryCallState) -> float:
@@ -77,23 +75,22 @@ def connect(settings: Settings, purpose: str) -> Connection:
                     reason=transient_reason(exc) if exc else None, target=target,
                     purpose=purpose)
 
-    retrying = Retrying(
-        stop=stop_after_delay(wait_timeout),
-        wait=_wait_within(wait_timeout),
-        retry=retry_if_exception(lambda e: transient_reason(e) is not None),
-        before_sleep=before_sleep,
-        sleep=time.sleep,
-        reraise=True,
-    )
     def attempt() -> Connection:
         password_file = settings.database_password_file
-        if password_file:
+        if password_file:  # read at every attempt: a token refreshed during the wait
             kwargs["password"] = cinfo.read_password_file(password_file)
         conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
         return conn
 
+    started = time.monotonic()
     try:
-        conn: Connection = retrying(attempt)
+        try:
+            conn = attempt()
+        except psycopg.OperationalError as exc:
+            if transient_reason(exc) is None:
+                raise
+            left = wait_timeout - (time.monotonic() - started)
+            conn = _retry(exc, attempt, left, before_sleep)
     except psycopg.OperationalError as exc:
         message = cinfo.scrub(connect_failure.message(exc))
         sqlstate, reason = connect_failure.classify(exc)
@@ -113,6 +110,34 @@ def connect(settings: Settings, purpose: str) -> Connection:
     opened = OPENED.get()
     if opened is not None:
         opened(conn)
+    return conn
+
+
+def _retry(first: psycopg.OperationalError, attempt: Callable[[], Connection], timeout: float,
+           before_sleep: Callable[[RetryCallState], None]) -> Connection:
+    """The attempts after a first one that failed for a reason waiting can cure, until
+    `timeout` seconds from now. tenacity is imported only here: a start whose first
+    attempt connects, as nearly every one does, does not pay for it (~5 ms). The first
+    failure is replayed as tenacity's attempt 1, so attempt numbers, backoff and
+    deadline are those of one retry loop around every attempt."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay
+
+    replay = [first]
+
+    def again() -> Connection:
+        if replay:
+            raise replay.pop()
+        return attempt()
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=_wait_within(timeout),
+        retry=retry_if_exception(lambda e: transient_reason(e) is not None),
+        before_sleep=before_sleep,
+        sleep=time.sleep,
+        reraise=True,
+    )
+    conn: Connection = retrying(again)
     return conn
 
 
