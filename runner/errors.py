@@ -41,6 +41,13 @@ class LockTimeoutError(RunnerError):
     exit_code = LOCK_TIMEOUT
 
 
+class LockLostError(RunnerError):
+    """The advisory lock's session ended mid-run (SPEC §10.1): whatever was running was
+    rolled back, and a retry can help."""
+
+    exit_code = LOCK_TIMEOUT
+
+
 class MigrationError(RunnerError):
     exit_code = MIGRATION_FAILED
 

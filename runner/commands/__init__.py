@@ -7,12 +7,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from runner.errors import ConfigError, ValidationError
+import psycopg
+
+from runner.errors import ConfigError, LockLostError, ValidationError
 from runner.folder import files
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
 from runner.session.database import Connection, backend_pid, connect, server_version
-from runner.session.lock import POOLER_MESSAGE, AdvisoryLock
+from runner.session.lock import POOLER_MESSAGE, AdvisoryLock, is_fence_error
 from runner.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,9 +30,12 @@ def history_for(settings: Settings) -> History:
     return NativeHistory(settings.schema)
 
 
-def open_connection(settings: Settings, purpose: str, level: str = "info") -> Connection:
-    """`level` of `db_connected`: debug where the command's output is for a person."""
-    conn = connect(settings, purpose)
+def open_connection(settings: Settings, purpose: str, level: str = "info",
+                    primary: bool = False) -> Connection:
+    """`level` of `db_connected`: debug where the command's output is for a person;
+    `primary`: the command writes, and waits out a standby (SPEC §10.3). Every connection
+    but the work one is the run's first, and looks at the session's settings."""
+    conn = connect(settings, purpose, look=purpose != "work", primary=primary)
     info = conn.info
     getattr(log.get(), level)("db_connected", server_version=server_version(conn), purpose=purpose,
                    target=f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
@@ -85,7 +90,8 @@ class Session:
         from runner.applying.watch import Watch
 
         work = self.work
-        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)
+        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
+                      cancel=work.cancel_safe)
         work.add_notice_handler(watch.notice)
         watch.start()
         try:
@@ -95,6 +101,20 @@ class Session:
             watch.stop()
             work.remove_notice_handler(watch.notice)
 
+    def fence(self, conn: Connection) -> None:
+        """Inside a transaction that writes the history outside a migration (baseline,
+        repair): fail it unless this runner holds the lock now (SPEC §10.1)."""
+        try:
+            conn.execute("SELECT " + self.lock.fence())
+        except psycopg.Error as exc:
+            if not is_fence_error(exc):
+                raise
+            reason = "the advisory lock was no longer held by this runner when it was to commit"
+            log.get().error("lock_lost", reason=reason, lock_key=self.lock.key,
+                            lock_pid=self.lock.pid)
+            raise LockLostError(f"advisory lock lost: {reason}; nothing was changed; run "
+                                "again", lock_key=self.lock.key) from None
+
     def close(self) -> None:
         if self._work is not None:
             self._work.close()
@@ -102,7 +122,7 @@ class Session:
 
 @contextmanager
 def locked(settings: Settings, history: History) -> Iterator[Session]:
-    lock_conn = open_connection(settings, "lock")
+    lock_conn = open_connection(settings, "lock", primary=True)
     lock = AdvisoryLock(lock_conn, history.lock_key(lock_conn.info.dbname))
     session = Session(settings, lock)
     try:

@@ -42,7 +42,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
                     versions=[p.migration.version for p in plans])
         if plans:
             with session.watching() as watch:
-                applier = Applier(session.work, history, settings, watch)
+                applier = Applier(session.work, history, settings, session.lock, watch)
                 for plan in plans:
                     try:
                         applier.apply(plan)

@@ -56,6 +56,7 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
         if clear or accept or mark:  # the app may have made the history without the audit table
             history.ensure(conn)
         with conn.transaction():
+            session.fence(conn)
             if mark is not None and history.mark_applied(conn, mark):
                 history.audit_row(conn, mark, "repair", 0, True)
             for a in clear:

@@ -83,7 +83,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         if plans:  # the app may have made the history without the audit table
             history.ensure(conn)
         with session.watching() as watch:
-            applier = Applier(conn, history, settings, watch)
+            applier = Applier(conn, history, settings, session.lock, watch)
             for plan in plans:
                 applier.revert(plan)
         undone = {p.migration.version for p in plans}

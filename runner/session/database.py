@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from tenacity import (
 
 from runner.errors import ConfigError, UnreachableError
 from runner.output import log
-from runner.session import connect_failure
+from runner.session import connect_failure, environment
 from runner.session import conninfo as cinfo
 from runner.settings import Settings
 
@@ -30,6 +31,8 @@ KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 
 
 def transient_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, environment.Standby):  # a failover makes it a primary (SPEC §10.3)
+        return "standby"
     return connect_failure.classify(exc)[1]
 
 
@@ -45,12 +48,17 @@ def _wait_within(timeout: float) -> Any:
     return wait
 
 
-def connect(settings: Settings, purpose: str) -> Connection:
-    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds).
+def connect(settings: Settings, purpose: str, look: bool = False,
+            primary: bool = False) -> Connection:
+    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds),
+    with the runner's own session settings (runner.session.environment). `look`: the
+    run's first connection, which logs `session_settings` when a role or database setting
+    differs from the runner's; `primary`: for a command that writes, a standby or a
+    read-only session is waited out like a server that is not up yet (SPEC §10.3).
 
     Raises ConfigError (exit 2) for a connection string that cannot be right and when
     nothing at all is configured and libpq's defaults fail; UnreachableError (exit 3)
-    when the server refused for good or did not answer in time."""
+    when the server refused for good, did not answer in time, or stayed a standby."""
     logger = log.get()
     conninfo = settings.conninfo()
     params = cinfo.parse(conninfo, cinfo.source_name(settings.database_url_file))
@@ -59,8 +67,29 @@ def connect(settings: Settings, purpose: str) -> Connection:
     # as psql would give them; waiting cannot make a setting appear.
     configured = cinfo.configured(conninfo)
     wait_timeout = settings.wait_timeout if configured else 0.0
+    own = environment.user_options(params, os.environ)
     kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
-                              "autocommit": True}
+                              "autocommit": True, **environment.startup(own)}
+    looked: list[environment.Look] = []
+
+    def attempt() -> Connection:
+        try:
+            conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            if not environment.refused_as_too_new(exc):
+                raise
+            kwargs.update(environment.startup(own, before_14=True))
+            conn = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        if look:
+            try:
+                found = environment.look(conn, settings)
+                if primary and found.read_only:
+                    raise environment.Standby(found.read_only)
+            except BaseException:
+                conn.close()
+                raise
+            looked[:] = [found]
+        return conn
     if settings.connect_timeout > 0:
         kwargs["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
 
@@ -80,7 +109,13 @@ def connect(settings: Settings, purpose: str) -> Connection:
         reraise=True,
     )
     try:
-        conn: Connection = retrying(connect_failure.VerboseConnection.connect, conninfo, **kwargs)
+        conn: Connection = retrying(attempt)
+    except environment.Standby as exc:
+        raise UnreachableError(
+            f"database {target} is {exc.what}: {purpose} needs a primary it can write to, "
+            f"and none came within {wait_timeout:g}s (MIGRATE_WAIT_TIMEOUT); point "
+            "DATABASE_URL at the primary (the cluster's writer endpoint), or wait for the "
+            "failover to end", target=target, reason="standby") from None
     except psycopg.OperationalError as exc:
         message = cinfo.scrub(connect_failure.message(exc))
         sqlstate, reason = connect_failure.classify(exc)
@@ -95,18 +130,10 @@ def connect(settings: Settings, purpose: str) -> Connection:
                 sqlstate=sqlstate, target=target) from None
         raise UnreachableError(f"database {target} refused the connection: {message}",
                                sqlstate=sqlstate, target=target) from None
-    _set_session(conn)
+    if looked and looked[0].differing:
+        logger.info("session_settings", settings=looked[0].differing,
+                    message="role or database settings the runner's sessions override")
     return conn
-
-
-def _set_session(conn: Connection) -> None:
-    """Server-side keepalives and, on 14+, a periodic check for a vanished client, so a
-    killed runner's statement is cancelled and its lock freed within seconds."""
-    sql = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
-           "SET tcp_keepalives_count = 3")
-    if conn.info.server_version >= 140000:
-        sql += "; SET client_connection_check_interval = '2s'"
-    conn.execute(sql)
 
 
 def server_version(conn: Connection) -> str:
