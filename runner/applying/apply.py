@@ -156,7 +156,8 @@ class Applier:
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
         # Fenced before the rows of a migration; only relocked before a failed attempt's
         # audit row, which records what happened and commits nothing of the migration.
-        self.reset, self.reset_unfenced = session_reset(conn, lock.fence(), lock.relock())
+        self.reset, self.reset_unfenced = session_reset(conn, lock.fence_after_unlock(),
+                                                        lock.relock())
         self.fence = "SELECT " + lock.fence()
         self.left_behind = False  # cursors, prepared statements or temporary tables
         self.tables = tables

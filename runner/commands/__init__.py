@@ -9,11 +9,17 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from runner.errors import ConfigError, LockLostError, ValidationError
+from runner.errors import ConfigError, LockLostError, UnreachableError, ValidationError
 from runner.folder import files
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
-from runner.session.database import Connection, backend_pid, connect, server_version
+from runner.session.database import (
+    TOO_MANY_CONNECTIONS,
+    Connection,
+    backend_pid,
+    connect,
+    server_version,
+)
 from runner.session.lock import POOLER_MESSAGE, AdvisoryLock, is_fence_error
 from runner.settings import Settings
 
@@ -34,8 +40,11 @@ def open_connection(settings: Settings, purpose: str, level: str = "info",
                     primary: bool = False) -> Connection:
     """`level` of `db_connected`: debug where the command's output is for a person;
     `primary`: the command writes, and waits out a standby (SPEC §10.3). Every connection
-    but the work one is the run's first, and looks at the session's settings."""
-    conn = connect(settings, purpose, look=purpose != "work", primary=primary)
+    but the work one is the run's first, and looks at the session's settings. The work
+    one, opened while the lock is held, does not wait for a connection slot (53300)."""
+    work = purpose == "work"
+    conn = connect(settings, purpose, look=not work, primary=primary,
+                   wait_for_a_slot=not work)
     info = conn.info
     getattr(log.get(), level)("db_connected", server_version=server_version(conn), purpose=purpose,
                    target=f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
@@ -66,12 +75,32 @@ class Session:
     @property
     def work(self) -> Connection:
         if self._work is None:
-            conn = open_connection(self.settings, "work")
+            try:
+                conn = open_connection(self.settings, "work")
+            except UnreachableError as exc:
+                if exc.fields.get("sqlstate") != TOO_MANY_CONNECTIONS:
+                    raise
+                return self._single(exc.message)
             self._work_pid = backend_pid(conn)
             if self._work_pid == self.lock.pid:
                 conn.close()  # two client connections on one backend: only a pooler does that
                 raise ConfigError(POOLER_MESSAGE)
             self._work = conn
+        return self._work
+
+    def _single(self, refused: str) -> Connection:
+        """A connection limit that leaves room for the lock connection only (SPEC §10.3):
+        the migrations run on it too, as sqlx runs them, rather than waiting out
+        MIGRATE_WAIT_TIMEOUT holding the lock. The watch (SPEC §9) is then off, and the
+        session reset takes the lock again right after pg_advisory_unlock_all()
+        (AdvisoryLock.fence_after_unlock)."""
+        log.get().warning("single_connection", lock_pid=self.lock.pid, refused=refused,
+                          message="the role's or database's connection limit leaves room "
+                                  "for one connection: the migrations run on the lock's "
+                                  "own, without the watch of long migrations")
+        self.lock.single = True
+        self._work = self.lock.conn
+        self._work_pid = self.lock.pid
         return self._work
 
     def check_same_session(self) -> None:
@@ -82,14 +111,17 @@ class Session:
             raise ConfigError(POOLER_MESSAGE)
 
     @contextmanager
-    def watching(self) -> Iterator[Watch]:
+    def watching(self) -> Iterator[Watch | None]:
         """The watch of the work connection from the lock connection (SPEC §9), stopped
-        before the lock is released whatever ends the block. Imported here: only a run
-        with something to apply watches."""
+        before the lock is released whatever ends the block; None on a single
+        connection. Imported here: only a run with something to apply watches."""
         from runner.applying.live import live_status
         from runner.applying.watch import Watch
 
         work = self.work
+        if self.lock.single:
+            yield None
+            return
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
                       cancel=work.cancel_safe)
         work.add_notice_handler(watch.notice)
@@ -116,7 +148,7 @@ class Session:
                                 "again", lock_key=self.lock.key) from None
 
     def close(self) -> None:
-        if self._work is not None:
+        if self._work is not None and not self.lock.single:
             self._work.close()
 
 

@@ -30,6 +30,9 @@ KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
 
 
+TOO_MANY_CONNECTIONS = "53300"
+
+
 def transient_reason(exc: BaseException) -> str | None:
     if isinstance(exc, environment.Standby):  # a failover makes it a primary (SPEC §10.3)
         return "standby"
@@ -49,12 +52,13 @@ def _wait_within(timeout: float) -> Any:
 
 
 def connect(settings: Settings, purpose: str, look: bool = False,
-            primary: bool = False) -> Connection:
+            primary: bool = False, wait_for_a_slot: bool = True) -> Connection:
     """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds),
     with the runner's own session settings (runner.session.environment). `look`: the
     run's first connection, which logs `session_settings` when a role or database setting
     differs from the runner's; `primary`: for a command that writes, a standby or a
-    read-only session is waited out like a server that is not up yet (SPEC §10.3).
+    read-only session is waited out like a server that is not up yet (SPEC §10.3);
+    `wait_for_a_slot` False: a connection limit reached (53300) is not waited for.
 
     Raises ConfigError (exit 2) for a connection string that cannot be right and when
     nothing at all is configured and libpq's defaults fail; UnreachableError (exit 3)
@@ -103,7 +107,8 @@ def connect(settings: Settings, purpose: str, look: bool = False,
     retrying = Retrying(
         stop=stop_after_delay(wait_timeout),
         wait=_wait_within(wait_timeout),
-        retry=retry_if_exception(lambda e: transient_reason(e) is not None),
+        retry=retry_if_exception(lambda e: transient_reason(e) is not None and (
+            wait_for_a_slot or connect_failure.classify(e)[0] != TOO_MANY_CONNECTIONS)),
         before_sleep=before_sleep,
         sleep=time.sleep,
         reraise=True,

@@ -131,13 +131,16 @@ class AdvisoryLock:
     def fence(self) -> str:
         """An SQL expression, true while this runner holds the lock and an error (42704,
         `is_fence_error`) otherwise, for a statement inside every transaction that writes
-        a migration's or the history's rows, before its COMMIT. On one connection, where
-        the session reset just ran pg_advisory_unlock_all(), it takes the lock again: a
-        runner that took it in between makes it fail."""
+        a migration's or the history's rows, before its COMMIT."""
+        return _FENCE.format(held=_HELD_BY.format(pid=self.pid, **_halves(self.key)))
+
+    def fence_after_unlock(self) -> str:
+        """The fence right after the session reset's pg_advisory_unlock_all(): on one
+        connection, where that just dropped the lock itself, it takes the lock again, and
+        fails when a runner took it in between; on two, `fence`."""
         if self.single:
             return _FENCE.format(held=self.relock())
-        halves = _halves(self.key)
-        return _FENCE.format(held=_HELD_BY.format(pid=self.pid, **halves))
+        return self.fence()
 
     def relock(self) -> str:
         """On one connection, the expression that takes the lock again after
