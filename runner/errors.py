@@ -48,6 +48,13 @@ class LockLostError(RunnerError):
     exit_code = LOCK_TIMEOUT
 
 
+class RunningElsewhereError(RunnerError):
+    """A no-transaction migration's `failed` row whose owner is still running it (SPEC
+    §10.1): wait and retry; repairing it now would start it twice."""
+
+    exit_code = LOCK_TIMEOUT
+
+
 class MigrationError(RunnerError):
     exit_code = MIGRATION_FAILED
 

@@ -27,13 +27,15 @@ def at(event: dict[str, Any]) -> float:
 
 
 def lock_pid(db: Db) -> int:
-    """The backend holding a runner's session advisory lock on `db`."""
+    """The backend holding a runner's session advisory lock on `db`: the idle one (a
+    work session running a no-transaction file holds one too)."""
     pids: list[int] = []
 
     def found() -> bool:
         pids[:] = [r[0] for r in db.query(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = %s)", (db.name,))]
+            "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.state <> 'active' "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = %s)", (db.name,))]
         return len(pids) == 1
     wait_until(found, what="one runner holding the advisory lock")
     return pids[0]
@@ -209,3 +211,46 @@ def test_idle_session_timeout_never_ends_the_runners_sessions(
     assert (first.code, second.code) == (0, 0), first.stderr + second.stderr
     each_once(db, 10)
     assert sum(r.event("migrations_complete")["applied"] for r in (first, second)) == 10
+
+
+def no_transaction_files(fmt: dict[str, str]) -> dict[str, str | bytes]:
+    directive = "-- no-transaction" if fmt else "-- migrate:no-transaction"
+    return {"001_t.sql": "CREATE TABLE t (id int);",
+            "002_build.sql": f"{directive}\nSELECT pg_sleep(20);\n",
+            "003_more.sql": "INSERT INTO t VALUES (3);"}
+
+
+@pytest.mark.parametrize("fmt", [{}, SQLX], ids=["native", "sqlx"])
+def test_a_no_transaction_file_still_running_elsewhere_is_waited_for_not_repaired(
+        db: Db, migrations: Files, fmt: dict[str, str]) -> None:
+    """The issue's case: A's lock connection dies while A's no-transaction file runs (A is
+    stalled, so its statement goes on). Before: B exited 5 "run repair --failed", which
+    would start the same file twice."""
+    folder = migrations(no_transaction_files(fmt))
+    a = Runner(db.url, folder, **fmt)
+    work = sleeping(db)
+    with stopped(a):
+        terminate(db, lock_pid(db))
+        b = run(db.url, folder, **fmt)
+        assert b.code == 4, b.stderr
+        elsewhere = b.event("migration_running_elsewhere")
+        assert (elsewhere["version"], elsewhere["pid"]) == (2, work)
+        assert elsewhere["running_s"] >= 0
+        assert f"backend pid {work}" in b.event("run_failed")["error"]
+        assert "repair" in b.event("run_failed")["error"]  # says not to
+        repair = run(db.url, folder, "repair", "--failed", **fmt)
+        assert repair.code == 4, repair.stderr
+        assert "migration_running_elsewhere" in repair.names()
+        rollback = run(db.url, folder, "rollback", **fmt)
+        assert rollback.code == 4, rollback.stderr
+    first = a.finish()
+    assert first.code == 4, first.stderr  # A resumes, finds its lock gone, cancels
+    assert "lock_lost" in first.names()
+    # A's session is gone: now the row is an ordinary failed one, for an operator.
+    wait_until(lambda: db.scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                 (work,)) == 0, what="A's work session to end")
+    after = run(db.url, folder, **fmt)
+    assert after.code == 5, after.stderr
+    assert "migration_running_elsewhere" not in after.names()
+    audit = db.scalar("SELECT error_message FROM migration_audit WHERE version = 2")
+    assert f"backend pid {work}" in audit

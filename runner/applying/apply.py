@@ -182,7 +182,8 @@ class Applier:
 
     def _run(self, plan: Plan, way: Direction) -> int:
         self.log.info(way.started, **as_fields(plan.migration),
-                      transactional=plan.transactional, statements=len(plan.statements))
+                      transactional=plan.transactional, statements=len(plan.statements),
+                      backend_pid=self.conn.info.backend_pid)
         self._check_lock(plan)
         if self.watch:
             self.watch.begin(plan)
@@ -303,6 +304,7 @@ class Applier:
             with self.conn.pipeline():
                 self.conn.execute("BEGIN")
                 self.conn.execute(self.fence)
+                self.conn.execute(self.lock.claim(m.version))
                 if way is UP:
                     self.tables.mark_started(self.conn, m)
                 else:
@@ -368,6 +370,9 @@ class Applier:
         """Written after the rollback, in its own transaction, so it survives; after a
         session reset, so neither a no-transaction file's leftovers nor what a rollback
         does not undo decide who writes it."""
+        if not plan.transactional:  # who ran it, for whoever finds its `failed` row
+            message += (f" [run {log.RUN_ID} on {self.tables.host}, backend pid "
+                        f"{self.conn.info.backend_pid}]")
         try:
             with self.conn.transaction(), self.conn.pipeline():
                 for statement in (*self.reset_unfenced, *_RESET_AFTER, *_LEFTOVERS):

@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import psycopg
 
-from runner.errors import ConfigError, LockLostError, UnreachableError, ValidationError
+from runner.errors import (
+    ConfigError,
+    LockLostError,
+    RunningElsewhereError,
+    UnreachableError,
+    ValidationError,
+)
 from runner.folder import files
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
@@ -20,7 +27,7 @@ from runner.session.database import (
     connect,
     server_version,
 )
-from runner.session.lock import POOLER_MESSAGE, AdvisoryLock, is_fence_error
+from runner.session.lock import POOLER_MESSAGE, AdvisoryLock, is_fence_error, owners
 from runner.settings import Settings
 
 if TYPE_CHECKING:
@@ -164,6 +171,32 @@ def locked(settings: Settings, history: History) -> Iterator[Session]:
         session.close()
         lock.release()
         lock_conn.close()
+
+
+def refuse_running_elsewhere(session: Session, applied: dict[int, Applied]) -> None:
+    """A `failed` row whose no-transaction migration another runner's session is still
+    applying (its runner lost the lock, or stalled): `migration_running_elsewhere` and
+    exit 4, never "run repair", which would start it a second time (SPEC §10.1)."""
+    failed = sorted(v for v, a in applied.items() if a.status == "failed")
+    running = owners(session.lock.conn, session.lock.key, failed)
+    if not running:
+        return
+    now = datetime.now(UTC)
+    parts = []
+    for version, owner in sorted(running.items()):
+        a = applied[version]
+        seconds = round((now - a.applied_at).total_seconds(), 1)
+        log.get().error("migration_running_elsewhere", version=version,
+                        description=a.description, running_s=seconds, **owner)
+        parts.append(f"version {version} ({a.description}) is being applied right now by "
+                     f"backend pid {owner['pid']} ({owner['application_name'] or '?'}"
+                     f"{', ' + owner['client_addr'] if owner['client_addr'] else ''}), "
+                     f"for {seconds:g}s")
+    raise RunningElsewhereError(
+        "; ".join(parts) + ": another runner's no-transaction migration is still running "
+        "(that runner lost the advisory lock or stalled); wait for it to end and run again; "
+        "do not run `repair --failed` while it runs, it would start the file a second time",
+        versions=sorted(running), pids=[o["pid"] for o in running.values()])
 
 
 @dataclass

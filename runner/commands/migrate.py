@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only, read_state
+from runner.commands import (
+    history_for,
+    locked,
+    read_only,
+    read_state,
+    refuse_running_elsewhere,
+)
 from runner.errors import MigrationError
 from runner.folder import statements
 from runner.histories.history import History, plural
@@ -31,6 +37,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False) ->
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
         applied = history.read_checked(session.lock.conn, "migrate")
+        refuse_running_elsewhere(session, applied)
         pending = read_state(history, applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
         if pending or not applied:  # an empty history: the tables may be missing too

@@ -12,7 +12,7 @@ audit row `repair`; all of them commit together, under the lock.
 
 from __future__ import annotations
 
-from runner.commands import history_for, locked
+from runner.commands import history_for, locked, refuse_running_elsewhere
 from runner.errors import ConfigError, ValidationError
 from runner.histories.history import as_fields, named
 from runner.output import log
@@ -35,6 +35,7 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
     with locked(settings, history) as session:
         conn = session.work
         applied = history.read_checked(conn, "repair")
+        refuse_running_elsewhere(session, applied)
         mark = None
         if mark_applied is not None:
             mark = by_version.get(mark_applied)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only
+from runner.commands import history_for, locked, read_only, refuse_running_elsewhere
 from runner.commands.migrate import print_plan
 from runner.errors import ValidationError
 from runner.folder import files, statements
@@ -77,6 +77,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
     with locked(settings, history) as session:
         conn = session.work
         applied = history.read_checked(conn, "rollback")
+        refuse_running_elsewhere(session, applied)
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
         session.check_same_session()

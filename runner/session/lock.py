@@ -79,6 +79,38 @@ def _holder(conn: Connection, key: int) -> dict[str, Any]:
             "holder_client_addr": row[2]}
 
 
+# Who runs a no-transaction migration (SPEC §10.1): its work session holds a second
+# session lock, one per version, from its `failed` marker until it ends; the lock dies
+# with the session, so a `failed` row whose lock is held is being applied right now.
+_OWNERS = """
+SELECT v.version, a.pid, a.application_name, host(a.client_addr)
+FROM ROWS FROM (pg_catalog.unnest(%(versions)s::int8[]), pg_catalog.unnest(%(hi)s::int8[]),
+               pg_catalog.unnest(%(lo)s::int8[])) AS v(version, hi, lo)
+JOIN pg_catalog.pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid::int8 = v.hi AND l.objid::int8 = v.lo
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                    WHERE datname = pg_catalog.current_database())
+JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+"""
+
+
+def owner_key(key: int, version: int) -> int:
+    """The session lock a no-transaction migration's work session holds while it runs."""
+    digest = hashlib.sha256(f"{key}\0{version}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def owners(conn: Connection, key: int, versions: list[int]) -> dict[int, dict[str, Any]]:
+    """For each of `versions` being applied by a live session now: its pid,
+    application_name and client_addr."""
+    if not versions:
+        return {}
+    halves = [_halves(owner_key(key, v)) for v in versions]
+    rows = conn.execute(_OWNERS, {"versions": versions, "hi": [h["hi"] for h in halves],
+                                  "lo": [h["lo"] for h in halves]}).fetchall()
+    return {r[0]: {"pid": r[1], "application_name": r[2], "client_addr": r[3]} for r in rows}
+
+
 def is_fence_error(exc: psycopg.Error) -> bool:
     """Whether `exc` is the fence's: the lock was not held when a write was to commit."""
     return exc.sqlstate == "42704" and LOST_SETTING in str(exc)
@@ -141,6 +173,12 @@ class AdvisoryLock:
         if self.single:
             return _FENCE.format(held=self.relock())
         return self.fence()
+
+    def claim(self, version: int) -> str:
+        """A statement taking the session lock that says this session runs `version`, a
+        no-transaction migration (`owners`); the session reset's pg_advisory_unlock_all()
+        releases it when the file is done or failed."""
+        return f"SELECT pg_catalog.pg_try_advisory_lock({owner_key(self.key, version)})"
 
     def relock(self) -> str:
         """On one connection, the expression that takes the lock again after
