@@ -258,7 +258,7 @@ class Applier:
                 self._roll_back()
                 if self._lost(exc):
                     self._audit_failure(plan, way, _ms(started), "advisory lock lost")
-                    self._lock_lost(plan, "rolled back")
+                    self._lock_lost(plan, "rolled back, nothing of it committed")
                 failed = _unanswered(sent)
                 current = plan.statements[failed] if failed < len(sent) else None
                 # The bookkeeping rows stand between the reset's two parts: when every
@@ -332,8 +332,9 @@ class Applier:
             error = sql_error(plan, current, exc, at)
             self._audit_failure(plan, way, _ms(started), error["message"])
             if self._lost(exc):
-                self._lock_lost(plan, f"stopped part-way, after {done} of "
-                                      f"{len(plan.statements)} statements")
+                self._lock_lost(plan, f"cancelled part-way, after {done} of "
+                                      f"{len(plan.statements)} statements; its history row "
+                                      "stays `failed` for an operator (see `status`)")
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
         except Interrupted as exc:
@@ -351,8 +352,9 @@ class Applier:
             error = sql_error(plan, None, exc, at)
             self._audit_failure(plan, way, ms, error["message"])
             if self._lost(exc):
-                self._lock_lost(plan, "ran all its statements, but its history row was "
-                                      "not written")
+                self._lock_lost(plan, "ran all its statements, but its history row "
+                                      "stays `failed`: it was not to commit without the "
+                                      "lock")
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
         return ms
@@ -405,9 +407,9 @@ class Applier:
                            lock_pid=self.lock.pid, **as_fields(plan.migration))
         m = plan.migration
         raise LockLostError(
-            f"advisory lock lost: {reason}; {m.file}: {what}, nothing of it committed "
-            "without the lock; another runner may hold the lock now: run again once it "
-            "is done", **as_fields(m), lock_key=self.lock.key, lock_pid=self.lock.pid)
+            f"advisory lock lost: {reason}; {m.file}: {what}; another runner may hold the "
+            "lock now: run again once it is done", **as_fields(m), lock_key=self.lock.key,
+            lock_pid=self.lock.pid)
 
     def _watch_end(self) -> list[dict[str, Any]]:
         """The watch stops reporting this migration; the last blockers it saw."""
