@@ -130,7 +130,7 @@ class Session:
             yield None
             return
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
-                      cancel=work.cancel_safe)
+                      cancel=lambda: work.cancel_safe(timeout=5))
         work.add_notice_handler(watch.notice)
         watch.start()
         try:
