@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.conftest import Db, Runner, run, wait_until
@@ -254,3 +255,36 @@ def test_a_no_transaction_file_still_running_elsewhere_is_waited_for_not_repaire
     assert "migration_running_elsewhere" not in after.names()
     audit = db.scalar("SELECT error_message FROM migration_audit WHERE version = 2")
     assert f"backend pid {work}" in audit
+
+
+def test_the_fence_expression_holds_only_while_the_lock_connection_holds_the_lock(
+        db: Db) -> None:
+    """The check every fenced write runs (baseline's and repair's rows too), against real
+    sessions: true while the lock connection holds the lock; an error, which fails the
+    transaction, once that connection is gone or on one connection once the lock was
+    taken by another session in between."""
+    from runner.session.lock import AdvisoryLock, is_fence_error
+
+    with db.connect() as lock_conn, db.connect() as work:
+        lock = AdvisoryLock(lock_conn, 4242)
+        lock.acquire(5)
+        assert work.execute("SELECT " + lock.fence()).fetchone() == (True,)
+        assert work.execute("SELECT " + lock.fence_after_unlock()).fetchone() == (True,)
+        terminate(db, lock.pid)
+        with pytest.raises(psycopg.Error) as lost, work.transaction():
+            work.execute("CREATE TABLE written (id int)")
+            work.execute("SELECT " + lock.fence())
+        assert is_fence_error(lost.value)
+        assert not db.table_exists("public.written")
+    with db.connect() as conn, db.connect() as other:
+        single = AdvisoryLock(conn, 4343)
+        single.acquire(5)
+        single.single = True
+        relocked = f"SELECT pg_advisory_unlock_all(), {single.fence_after_unlock()}"
+        assert conn.execute(relocked).fetchone() == ("", True)  # void, then the relock
+        assert conn.execute("SELECT " + single.fence()).fetchone() == (True,)
+        conn.execute("SELECT pg_advisory_unlock_all()")  # as the reset does, then
+        assert other.execute("SELECT pg_try_advisory_lock(4343)").fetchone() == (True,)
+        with pytest.raises(psycopg.Error) as taken:
+            conn.execute(relocked)
+        assert is_fence_error(taken.value)
