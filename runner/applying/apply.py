@@ -181,10 +181,10 @@ class Applier:
         return self._run(plan, DOWN)
 
     def _run(self, plan: Plan, way: Direction) -> int:
+        self._check_lock(plan)
         self.log.info(way.started, **as_fields(plan.migration),
                       transactional=plan.transactional, statements=len(plan.statements),
                       backend_pid=self.conn.info.backend_pid)
-        self._check_lock(plan)
         if self.watch:
             self.watch.begin(plan)
         try:

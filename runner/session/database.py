@@ -31,6 +31,9 @@ KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 
 
 TOO_MANY_CONNECTIONS = "53300"
+# What the server refused of the startup parameters, so that the run's next connection
+# does not ask again (runner.session.environment).
+_refused: dict[str, bool] = {}
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -73,17 +76,27 @@ def connect(settings: Settings, purpose: str, look: bool = False,
     wait_timeout = settings.wait_timeout if configured else 0.0
     own = environment.user_options(params, os.environ)
     kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
-                              "autocommit": True, **environment.startup(own)}
+                              "autocommit": True,
+                              **environment.startup(own, "before_14" in _refused)}
+    if "options" in _refused:
+        kwargs["options"] = ""
     looked: list[environment.Look] = []
 
     def attempt() -> Connection:
         try:
             conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
         except psycopg.OperationalError as exc:
-            if not environment.refused_as_too_new(exc):
+            if environment.refused_as_too_new(exc):
+                _refused["before_14"] = True
+                kwargs.update(environment.startup(own, before_14=True))
+            elif environment.refused_options(exc) and kwargs["options"]:
+                _refused["options"] = True
+                kwargs["options"] = ""  # libpq then sends none; SET after connecting
+            else:
                 raise
-            kwargs.update(environment.startup(own, before_14=True))
             conn = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        if not kwargs["options"]:
+            conn.execute(environment.sets(conn.info.server_version))
         if look:
             try:
                 found = environment.look(conn, settings)

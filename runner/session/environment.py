@@ -60,6 +60,19 @@ def refused_as_too_new(exc: psycopg.Error) -> bool:
         name in str(exc) for name in SINCE_14)
 
 
+def refused_options(exc: psycopg.Error) -> bool:
+    """A proxy that refuses the `options` startup parameter (PgBouncer without
+    `ignore_startup_parameters = options`: 08P01 "unsupported startup parameter")."""
+    return "unsupported startup parameter" in str(exc) and "options" in str(exc)
+
+
+def sets(server_version: int) -> str:
+    """Where `options` cannot be sent: the same settings as SETs, one round trip after
+    connecting (the session reset then sets them again after its RESET ALL)."""
+    return "; ".join(f"SET {name} = '{value}'" for name, value in OWN.items()
+                     if server_version >= 140000 or name not in SINCE_14)
+
+
 class Standby(Exception):
     """The server is a standby, or the session read-only: nothing may be written."""
 
