@@ -155,3 +155,27 @@ def test_sql_ascii_database_takes_the_bytes_as_psql_does(
     assert encoded_db.scalar("SELECT octet_length(t) FROM note") == len("rétine ✓".encode())
     status = run(encoded_db.url, folder, "status")
     assert status.code == 0, status.stderr
+
+
+@pytest.fixture
+def session_pool(cluster: Cluster) -> Iterator[int]:
+    from tests.test_pooler import pgbouncer
+
+    yield from pgbouncer(cluster, "session")
+
+
+def test_a_pool_that_refuses_startup_options_still_gets_the_runners_settings(
+        db: Db, session_pool: int, migrations: Files) -> None:
+    """PgBouncer refuses libpq's `options` startup parameter: the runner sets the same
+    settings after connecting, and the session reset keeps them from file to file."""
+    db.execute(f"ALTER DATABASE \"{db.name}\" SET statement_timeout = '1s'")
+    look = ("INSERT INTO seen SELECT {v}, current_setting('statement_timeout'), "
+            "current_setting('idle_session_timeout');")
+    folder = migrations({
+        "001_seen.sql": "CREATE TABLE seen (v int, st text, idle text);\nSELECT pg_sleep(1.5);\n"
+                        + look.format(v=1) + "\nSET statement_timeout = '7s';",
+        "002_again.sql": look.format(v=2),
+    })
+    result = run(f"postgresql://postgres@127.0.0.1:{session_pool}/{db.name}", folder)
+    assert result.code == 0, result.stderr
+    assert db.query("SELECT * FROM seen ORDER BY v") == [(1, "0", "0"), (2, "0", "0")]
