@@ -104,7 +104,7 @@ def test_the_fence_refuses_the_commit_of_a_runner_that_lost_its_lock(
         db: Db, migrations: Files, fmt: dict[str, str]) -> None:
     """A frozen runner cannot notice anything: its transaction, already sent with its
     COMMIT, must still fail on the server once its lock is gone."""
-    folder = migrations(audit_log_files(3, "SELECT pg_sleep(2);\n"))
+    folder = migrations(audit_log_files(3, "SELECT pg_sleep(6);\n"))
     a = Runner(db.url, folder, **fmt)
     work = sleeping(db)
     with stopped(a):
@@ -147,7 +147,7 @@ def test_lock_connection_killed_during_a_rollback_keeps_the_history_row(
         db: Db, migrations: Files) -> None:
     folder = migrations({
         "001_t.sql": "CREATE TABLE t (id int);",
-        "001_t_rollback.sql": "SELECT pg_sleep(3);\nDROP TABLE t;",
+        "001_t_rollback.sql": "SELECT pg_sleep(6);\nDROP TABLE t;",
     })
     assert run(db.url, folder).code == 0
     a = Runner(db.url, folder, "rollback")
@@ -164,7 +164,7 @@ def test_a_history_row_is_inserted_never_overwritten(
         db: Db, migrations: Files, fmt: dict[str, str]) -> None:
     """A second applier that slipped past the lock (here: a row written by hand while the
     runner's 002 runs) fails on the history's key and rolls back its whole file."""
-    folder = migrations(audit_log_files(2, "SELECT pg_sleep(2);\n"))
+    folder = migrations(audit_log_files(2, "SELECT pg_sleep(5);\n"))
     a = Runner(db.url, folder, **fmt)
     sleeping(db)
     if fmt:
