@@ -4,17 +4,14 @@ holds: the fence, the session reset, no-transaction files, rollbacks, the lock r
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Db, Runner, run
+from tests.conftest import Db, Runner, login_role, run
 
 Files = Callable[[dict[str, str | bytes]], Path]
-_names = itertools.count()
 FILES: dict[str, str | bytes] = {
     "001_study.sql": "CREATE TABLE study (id int);",
     "001_study_rollback.sql": "DROP TABLE study;",
@@ -32,14 +29,10 @@ FILES: dict[str, str | bytes] = {
 def limited(db: Db, where: str) -> str:
     """The URL of a login role owning `db`, with CONNECTION LIMIT 1 on the role or on the
     database (superusers ignore both)."""
-    role = f"cl{os.getpid()}_{next(_names)}"
-    db.execute(f'CREATE ROLE "{role}" LOGIN; ALTER DATABASE "{db.name}" OWNER TO "{role}"; '
-               f'ALTER SCHEMA public OWNER TO "{role}"')
     if where == "role":
-        db.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 1')
-    else:
-        db.execute(f'ALTER DATABASE "{db.name}" CONNECTION LIMIT 1')
-    return db.cluster.url(db.name, user=role)
+        return login_role(db, connection_limit=1)
+    db.execute(f'ALTER DATABASE "{db.name}" CONNECTION LIMIT 1')
+    return login_role(db)
 
 
 def no_advisory_locks(db: Db) -> bool:

@@ -5,7 +5,6 @@ runner's sessions never ended for being idle. Real runner processes, real backen
 from __future__ import annotations
 
 import datetime
-import itertools
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -16,11 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import Db, Runner, run, wait_until
+from tests.conftest import Db, Runner, login_role, run, wait_until
 
 Files = Callable[[dict[str, str | bytes]], Path]
 SQLX = {"MIGRATE_HISTORY_FORMAT": "sqlx"}
-_roles = itertools.count()
 
 
 def at(event: dict[str, Any]) -> float:
@@ -179,17 +177,6 @@ def test_a_history_row_is_inserted_never_overwritten(
     assert db.scalar("SELECT count(*) FROM audit_log") == 0
 
 
-def make_role(db: Db, **settings: str) -> str:
-    """A login role owning `db` and its public schema, with ALTER ROLE ... SET settings;
-    its URL."""
-    role = f"r{os.getpid()}_{next(_roles)}"
-    db.execute(f'CREATE ROLE "{role}" LOGIN; ALTER DATABASE "{db.name}" OWNER TO "{role}"; '
-               f'ALTER SCHEMA public OWNER TO "{role}"')
-    for name, value in settings.items():
-        db.execute(f"ALTER ROLE \"{role}\" SET {name} = '{value}'")
-    return db.cluster.url(db.name, user=role)
-
-
 @pytest.mark.parametrize("where", ["role", "database"])
 def test_idle_session_timeout_never_ends_the_runners_sessions(
         db: Db, migrations: Files, where: str) -> None:
@@ -201,7 +188,7 @@ def test_idle_session_timeout_never_ends_the_runners_sessions(
                                         f"INSERT INTO audit_log VALUES ({v});\n")
     folder = migrations(files)
     if where == "role":
-        url = make_role(db, idle_session_timeout="2s", idle_in_transaction_session_timeout="1s")
+        url = login_role(db, idle_session_timeout="2s", idle_in_transaction_session_timeout="1s")
     else:
         db.execute(f"ALTER DATABASE \"{db.name}\" SET idle_session_timeout = '2s'")
         url = db.url

@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Db, run
+from tests.conftest import Db, login_role, run
 from tests.pg import Cluster
 
 Files = Callable[[dict[str, str | bytes]], Path]
 _names = itertools.count()
-
-
-def make_role(db: Db, **settings: str) -> str:
-    """A login role owning `db` and its public schema, with ALTER ROLE ... SET settings;
-    its URL."""
-    role = f"rs{os.getpid()}_{next(_names)}"
-    db.execute(f'CREATE ROLE "{role}" LOGIN; ALTER DATABASE "{db.name}" OWNER TO "{role}"; '
-               f'ALTER SCHEMA public OWNER TO "{role}"')
-    for name, value in settings.items():
-        db.execute(f"ALTER ROLE \"{role}\" SET {name} = '{value}'")
-    return db.cluster.url(db.name, user=role)
 
 
 def overridden(result: object) -> dict[str, dict[str, str]]:
@@ -37,7 +26,7 @@ def overridden(result: object) -> dict[str, dict[str, str]]:
 def test_statement_timeout_zero_overrides_the_roles(db: Db, migrations: Files) -> None:
     """The issue's case: role statement_timeout = 1s, MIGRATE_STATEMENT_TIMEOUT=0, a 3 s
     statement. Before: 57014."""
-    url = make_role(db, statement_timeout="1s")
+    url = login_role(db, statement_timeout="1s")
     folder = migrations({"001_slow.sql": "SELECT pg_sleep(3);\nCREATE TABLE done (id int);"})
     result = run(url, folder, MIGRATE_STATEMENT_TIMEOUT="0")
     assert result.code == 0, result.stderr
@@ -62,7 +51,7 @@ def test_database_statement_timeout_does_not_end_a_no_transaction_file(
 
 
 def test_a_set_timeout_still_applies_and_is_named(db: Db, migrations: Files) -> None:
-    url = make_role(db, statement_timeout="1min", lock_timeout="1s")
+    url = login_role(db, statement_timeout="1min", lock_timeout="1s")
     folder = migrations({"001_slow.sql": "SELECT pg_sleep(3);"})
     result = run(url, folder, MIGRATE_STATEMENT_TIMEOUT="500ms")
     assert result.code == 1
@@ -77,7 +66,7 @@ def test_the_sessions_keep_their_own_settings_across_every_file(
         db: Db, migrations: Files) -> None:
     """The session reset (RESET ALL) between files returns to the runner's settings, not
     to the role's."""
-    url = make_role(db, idle_session_timeout="2s", idle_in_transaction_session_timeout="1s",
+    url = login_role(db, idle_session_timeout="2s", idle_in_transaction_session_timeout="1s",
                     statement_timeout="1s", client_encoding="LATIN1")
     look = ("INSERT INTO seen SELECT {v}, current_setting('idle_session_timeout'), "
             "current_setting('idle_in_transaction_session_timeout'), "
