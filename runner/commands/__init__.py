@@ -50,7 +50,7 @@ def open_connection(settings: Settings, purpose: str, level: str = "info",
     but the work one is the run's first, and looks at the session's settings. The work
     one, opened while the lock is held, does not wait for a connection slot (53300)."""
     work = purpose == "work"
-    conn = connect(settings, purpose, look=not work, primary=primary,
+    conn = connect(settings, purpose, look=None if work else level, primary=primary,
                    wait_for_a_slot=not work)
     info = conn.info
     getattr(log.get(), level)("db_connected", server_version=server_version(conn), purpose=purpose,

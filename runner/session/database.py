@@ -54,13 +54,14 @@ def _wait_within(timeout: float) -> Any:
     return wait
 
 
-def connect(settings: Settings, purpose: str, look: bool = False,
+def connect(settings: Settings, purpose: str, look: str | None = None,
             primary: bool = False, wait_for_a_slot: bool = True) -> Connection:
     """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds),
-    with the runner's own session settings (runner.session.environment). `look`: the
-    run's first connection, which logs `session_settings` when a role or database setting
-    differs from the runner's; `primary`: for a command that writes, a standby or a
-    read-only session is waited out like a server that is not up yet (SPEC §10.3);
+    with the runner's own session settings (runner.session.environment). `look`: on the
+    run's first connection, the level (info, debug) of the `session_settings` it logs
+    when a role or database setting differs from the runner's; `primary`: for a command
+    that writes, a standby or a read-only session is waited out like a server that is not
+    up yet (SPEC §10.3);
     `wait_for_a_slot` False: a connection limit reached (53300) is not waited for.
 
     Raises ConfigError (exit 2) for a connection string that cannot be right and when
@@ -149,8 +150,9 @@ def connect(settings: Settings, purpose: str, look: bool = False,
         raise UnreachableError(f"database {target} refused the connection: {message}",
                                sqlstate=sqlstate, target=target) from None
     if looked and looked[0].differing:
-        logger.info("session_settings", settings=looked[0].differing,
-                    message="role or database settings the runner's sessions override")
+        getattr(logger, look or "info")(
+            "session_settings", settings=looked[0].differing,
+            message="role or database settings the runner's sessions override")
     return conn
 
 
