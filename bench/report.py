@@ -54,6 +54,8 @@ def report(b: Bench, logged: tuple[int, int]) -> None:
     ratio("async-but-last floor / one-transaction floor",
           "psql, per file, async commit but last", single)
     ratio("race / apply-all", "race", "apply-all")
+    if "apply-all (before)" in b.samples:
+        ratio("apply-all / apply-all of --before's build", "apply-all", "apply-all (before)")
     compare(b, med)
     apply_all, noop = logged
     print(f"\nstatements the server logged (log_statement=all): apply-all {apply_all}, no-op "

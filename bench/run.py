@@ -2,6 +2,7 @@
 PostgreSQL (fsync on).
 
     .venv/bin/python bench/run.py [--runs 5] [--migrations 300] [--racers 8] [--no-peers]
+        [--before CHECKOUT]
 
 Medians of psql floors, apply-all, no-op, race and Python start-up floors, each run on a
 fresh database; the same for dbmate and yoyo-migrations (bench/peers.py); every target of
@@ -88,6 +89,7 @@ class Bench:
     _dbs: int = 0
     python: Path = Path(sys.executable)
     runner: Path = RUNNER
+    before: Path | None = None  # --before: the other build's runner
 
     def generate(self) -> None:
         """N migrations: each a small table with an index and 10 rows, plus a row in
@@ -178,25 +180,29 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         return {**env, "PYTHONPYCACHEPREFIX": str(self.work / "pycache")}
 
-    def install(self) -> None:
+    def install(self, root: Path = ROOT, name: str = "venv") -> Path:
         """The runner as the image has it: a plain install, not the development venv's
         editable one, whose import hook (`.pth` finder) costs every start ~17 ms. A venv
-        of our own whose `.pth` puts the checkout and the development venv's site-packages
-        on sys.path: the same code and dependencies, no hooks. Then compile and cache
-        what the runs will import (untimed)."""
-        venv = self.work / "venv"
+        of our own whose `.pth` puts the checkout (`root`: this one, or --before's) and
+        the development venv's site-packages on sys.path: the same code and dependencies,
+        no hooks. Then compile and cache what the runs will import (untimed). Returns the
+        console script."""
+        venv = self.work / name
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = next(venv.glob("lib/python*/site-packages"))
         deps = next(VENV_BIN.parent.glob("lib/python*/site-packages"))
-        (site / "checkout.pth").write_text(f"{ROOT}\n{deps}\n")
-        self.python = venv / "bin" / "python"
-        self.runner = venv / "bin" / "migration-runner"
-        self.runner.write_text(SCRIPT.format(python=self.python))
-        self.runner.chmod(0o755)
-        p = self.run([str(self.python), "-c", "import runner.cli, runner.commands.migrate, pglast"],
+        (site / "checkout.pth").write_text(f"{root}\n{deps}\n")
+        python = venv / "bin" / "python"
+        runner = venv / "bin" / "migration-runner"
+        runner.write_text(SCRIPT.format(python=python))
+        runner.chmod(0o755)
+        p = self.run([str(python), "-c", "import runner.cli, runner.commands.migrate, pglast"],
                      self.python_env())
         if p.code:
             raise SystemExit(f"cannot import the runner (see {self.work}/other.log)")
+        if root == ROOT:
+            self.python, self.runner = python, runner
+        return runner
 
     def runner_env(self, db: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**self.python_env(), "DATABASE_URL": self.cluster.url(db),
@@ -267,6 +273,16 @@ class Bench:
         self.add("no-op peak RSS", p.rss_kib / 1024)
         self.drop_db(db)
 
+    def apply_all_before(self) -> None:
+        """apply-all with --before's build, in the same round as this build's."""
+        assert self.before is not None
+        db = self.fresh_db()
+        p = self.run([str(self.before), "migrate"], self.runner_env(db),
+                     log="runner-before.log")
+        self.check("apply-all (before)", db, [p.code])
+        self.add("apply-all (before)", p.seconds)
+        self.drop_db(db)
+
     def race(self) -> None:
         db = self.fresh_db()
         env, log = self.runner_env(db), f"runner-race-{db}.log"
@@ -312,6 +328,8 @@ class Bench:
         self.psql("psql -1 (one transaction)", "all.sql")
         self.psql("psql, BEGIN/COMMIT per file", "all_wrapped.sql")
         self.psql("psql, per file, async commit but last", "all_async.sql")
+        if self.before:
+            self.apply_all_before()
         self.apply_all_and_noop()
         self.race()
         for peer in self.peers:
@@ -349,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead: peak RSS against file size, runner and psql (memory.py)")
     ap.add_argument("--sizes", default="1,10,50", help="--memory: file sizes in MB")
     ap.add_argument("--no-peers", action="store_true", help="without dbmate and yoyo")
+    ap.add_argument("--before", type=Path, metavar="CHECKOUT",
+                    help="also time apply-all with the runner of this checkout (e.g. a "
+                    "`git worktree add` of an earlier commit), in every round")
     args = ap.parse_args(argv)
     if args.memory:
         import memory  # bench/memory.py, beside this script
@@ -374,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(cluster, work, args.migrations, args.racers)
         bench.generate()
         bench.install()
+        if args.before:
+            bench.before = bench.install(args.before.resolve(), "venv-before")
         if not args.no_peers:
             bench.peers = install_peers(work, bench.files)
         print(f"machine: {machine(cluster)}", flush=True)

@@ -42,6 +42,20 @@ class LockTimeoutError(RunnerError):
     exit_code = LOCK_TIMEOUT
 
 
+class LockLostError(RunnerError):
+    """The advisory lock's session ended mid-run (SPEC §10.1): whatever was running was
+    rolled back, and a retry can help."""
+
+    exit_code = LOCK_TIMEOUT
+
+
+class RunningElsewhereError(RunnerError):
+    """A no-transaction migration's `failed` row whose owner is still running it (SPEC
+    §10.1): wait and retry; repairing it now would start it twice."""
+
+    exit_code = LOCK_TIMEOUT
+
+
 class MigrationError(RunnerError):
     exit_code = MIGRATION_FAILED
 

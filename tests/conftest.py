@@ -243,3 +243,19 @@ def cluster_with_password(password_cluster: Cluster) -> tuple[str, str]:
     with password_cluster.connect("app") as conn:
         conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public AUTHORIZATION app")
     return password_cluster.url("app", user="app"), PASSWORD
+
+
+_roles = itertools.count()
+
+
+def login_role(db: Db, connection_limit: int | None = None, **settings: str) -> str:
+    """A login role (not a superuser) owning `db` and its public schema, with `ALTER ROLE
+    ... SET` settings and a CONNECTION LIMIT when given; its URL."""
+    role = f"role{os.getpid()}_{next(_roles)}"
+    db.execute(f'CREATE ROLE "{role}" LOGIN; ALTER DATABASE "{db.name}" OWNER TO "{role}"; '
+               f'ALTER SCHEMA public OWNER TO "{role}"')
+    if connection_limit is not None:
+        db.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT {connection_limit}')
+    for name, value in settings.items():
+        db.execute(f"ALTER ROLE \"{role}\" SET {name} = '{value}'")
+    return db.cluster.url(db.name, user=role)

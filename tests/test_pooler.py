@@ -29,6 +29,11 @@ def _pgbouncer() -> str:
 @pytest.fixture
 def bouncer(cluster: Cluster) -> Iterator[int]:
     """A PgBouncer in transaction mode in front of the test cluster; its port."""
+    yield from pgbouncer(cluster, "transaction")
+
+
+def pgbouncer(cluster: Cluster, mode: str) -> Iterator[int]:
+    """A PgBouncer in `mode` in front of the test cluster; its port."""
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="mr-pgbouncer-"))  # readable by `postgres`
     (folder / "pgbouncer.ini").write_text(
@@ -36,7 +41,7 @@ def bouncer(cluster: Cluster) -> Iterator[int]:
         f"* = host=127.0.0.1 port={cluster.port} user=postgres\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        "auth_type = any\npool_mode = transaction\ndefault_pool_size = 4\n"
+        f"auth_type = any\npool_mode = {mode}\ndefault_pool_size = 4\n"
         f"logfile = {folder}/pgbouncer.log\npidfile = {folder}/pgbouncer.pid\n")
     cmd = [_pgbouncer(), str(folder / "pgbouncer.ini")]
     if os.geteuid() == 0:  # pgbouncer refuses to run as root

@@ -15,9 +15,11 @@ itself refuses to run in a transaction block or after another statement of a pip
 (PostgreSQL's `PreventInTransactionBlock`), so it would cost a round trip of its own.
 Before the history and audit rows: `SET SESSION AUTHORIZATION DEFAULT` (the role too),
 `RESET ALL` (back to the startup parameters, `application_name` among them), then one
-SELECT that sets the runner's own session settings again (read once from `pg_settings`
-where `source = 'session'`: what `_set_session` set), calls `pg_advisory_unlock_all()`,
-and says whether the file left cursors, prepared statements or temporary tables. After
+SELECT that sets again whatever was SET on the session before the first file (read once
+from `pg_settings` where `source = 'session'`; the runner's own settings are startup
+parameters, which `RESET ALL` returns to: runner.session.environment), calls
+`pg_advisory_unlock_all()`, checks the lock's fence (below), and says whether the file
+left cursors, prepared statements or temporary tables. After
 the rows: `DISCARD SEQUENCES` and `UNLISTEN *` (a LISTEN of this transaction does not
 show until it commits). When the SELECT said so, `CLOSE ALL`, `DEALLOCATE ALL` and
 `DISCARD TEMP` open the next migration's transaction, before its statements: three
@@ -30,6 +32,16 @@ statements, session advisory locks). So the bookkeeping rows are always written 
 connecting role with the session's first settings (`synchronous_commit` included), and
 the next file starts where the first one did. psycopg's automatic prepared statements
 are off on the work connection: `DEALLOCATE ALL` would drop them behind its back.
+
+The fence (SPEC §10.1). Nothing commits unless the runner holds the advisory lock at
+that moment: the reset's SELECT, in the migration's transaction before its history row
+and COMMIT, checks `pg_locks` for the lock held by the lock connection's backend and
+fails the transaction when it is not (runner.session.lock, `AdvisoryLock.fence`). It
+rides in the SELECT the migration sends anyway, so a migration is still one round trip.
+On a single connection (a connection limit of one), where `pg_advisory_unlock_all()`
+would drop the lock itself, the same place takes it again, and fails if it cannot. The
+no-transaction marker, rollbacks, baseline and repair are fenced the same way; the
+forward history row is inserted, never upserted, so a second applier fails on its key.
 """
 
 from __future__ import annotations
@@ -45,11 +57,12 @@ from psycopg.pq import TransactionStatus
 
 from runner.applying import indexes
 from runner.applying.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
-from runner.errors import Interrupted, MigrationError
+from runner.errors import Interrupted, LockLostError, MigrationError
 from runner.folder.statements import Plan, Statement
 from runner.histories.history import History, as_fields
 from runner.output import log
 from runner.session.database import Connection
+from runner.session.lock import AdvisoryLock, is_fence_error
 from runner.settings import Settings
 
 if TYPE_CHECKING:
@@ -109,16 +122,22 @@ SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' ORDER 
 """
 
 
-def session_reset(conn: Connection) -> list[str]:
-    """The statements that put the role and settings back to their state now, the last
-    one a SELECT whose last column says whether cursors, prepared statements or
-    temporary tables are left too (see the docstring)."""
+def session_reset(conn: Connection, *after_unlock: str) -> list[list[str]]:
+    """For each SQL expression of `after_unlock`, the statements that put the role and
+    settings back to their state now, the last one a SELECT that evaluates the expression
+    right after pg_advisory_unlock_all() (the lock's fence or its relock, SPEC §10.1) and
+    whose last column says whether cursors, prepared statements or temporary tables are
+    left too (see the docstring)."""
     rows = conn.execute(_SESSION_SET).fetchall()
     calls = [sql.SQL("pg_catalog.set_config({}, {}, false)").format(name, value)
              for name, value in rows]
-    again = sql.SQL("SELECT ") + sql.SQL(", ").join(
-        [*calls, sql.SQL("pg_catalog.pg_advisory_unlock_all()"), sql.SQL(_LEFT_BEHIND)])
-    return [*_RESET_FIRST, again.as_string(conn)]
+    resets = []
+    for expression in after_unlock:
+        again = sql.SQL("SELECT ") + sql.SQL(", ").join(
+            [*calls, sql.SQL("pg_catalog.pg_advisory_unlock_all()"), sql.SQL(expression),
+             sql.SQL(_LEFT_BEHIND)])
+        resets.append([*_RESET_FIRST, again.as_string(conn)])
+    return resets
 
 
 Cursor = psycopg.Cursor[Any]
@@ -132,12 +151,19 @@ def _unanswered(cursors: list[Cursor]) -> int:
 
 class Applier:
     def __init__(self, conn: Connection, tables: History, settings: Settings,
-                 watch: Watch | None = None) -> None:
-        """`watch`, when given, is told which migration runs (SPEC §9)."""
+                 lock: AdvisoryLock, watch: Watch | None = None) -> None:
+        """`lock`: held, and checked before every COMMIT (its fence, SPEC §10.1); `watch`,
+        when given, is told which migration runs (SPEC §9) and says when the lock's
+        connection died."""
         self.conn = conn
         self.watch = watch
+        self.lock = lock
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
-        self.reset = session_reset(conn)
+        # Fenced before the rows of a migration; only relocked before a failed attempt's
+        # audit row, which records what happened and commits nothing of the migration.
+        self.reset, self.reset_unfenced = session_reset(conn, lock.fence_after_unlock(),
+                                                        lock.relock())
+        self.fence = "SELECT " + lock.fence()
         self.left_behind = False  # cursors, prepared statements or temporary tables
         self.in_flight = 0  # bytes of SQL sent since the last Sync
         self.tables = tables
@@ -161,8 +187,10 @@ class Applier:
         return self._run(plan, DOWN)
 
     def _run(self, plan: Plan, way: Direction) -> int:
+        self._check_lock(plan)
         self.log.info(way.started, **as_fields(plan.migration),
-                      transactional=plan.transactional, statements=len(plan.statements))
+                      transactional=plan.transactional, statements=len(plan.statements),
+                      backend_pid=self.conn.info.backend_pid)
         if self.watch:
             self.watch.begin(plan)
         try:
@@ -197,8 +225,11 @@ class Applier:
         for statement in self.reset:
             self._send(statement, sent)
         m = plan.migration
-        if way is UP:
+        if way is UP and plan.transactional:
             self.tables.record_applied(self.conn, m, ms)
+        elif way is UP:
+            assert ms is not None  # timed here: its statements ran outside this transaction
+            self.tables.complete(self.conn, m, ms)
         else:
             self.tables.delete(self.conn, m.version)
         self.tables.audit_row(self.conn, m, way.audit, ms, True)
@@ -215,6 +246,7 @@ class Applier:
         attempt = 0
         while True:
             attempt += 1
+            self._check_lock(plan)  # a retry may follow a wait
             started = time.monotonic()
             sent: list[Cursor] = []  # the file's statements
             after: list[Cursor] = []  # the reset, with the bookkeeping rows among it
@@ -237,6 +269,9 @@ class Applier:
                 return _ms(started)
             except psycopg.Error as exc:
                 self._roll_back()
+                if self._lost(exc):
+                    self._audit_failure(plan, way, _ms(started), "advisory lock lost")
+                    self._lock_lost(plan, "rolled back, nothing of it committed")
                 failed = _unanswered(sent)
                 current = plan.statements[failed] if failed < len(sent) else None
                 # The bookkeeping rows stand between the reset's two parts: when every
@@ -278,10 +313,21 @@ class Applier:
                 for statement in _LEFTOVERS:
                     self.conn.execute(statement)
             self.left_behind = False
-        if way is UP:
-            self.tables.mark_started(self.conn, m)
-        else:
-            self.tables.mark_failed(self.conn, m.version)
+        try:  # the marker, fenced: one round trip
+            with self.conn.pipeline():
+                self.conn.execute("BEGIN")
+                self.conn.execute(self.fence)
+                self.conn.execute(self.lock.claim(m.version))
+                if way is UP:
+                    self.tables.mark_started(self.conn, m)
+                else:
+                    self.tables.mark_failed(self.conn, m.version)
+                self.conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            self._roll_back()
+            if self._lost(exc):
+                self._lock_lost(plan, "not started")
+            raise
         started = time.monotonic()
         current: Statement | None = None
         at = AT_BOOKKEEPING
@@ -299,6 +345,10 @@ class Applier:
             error = sql_error(plan, current, exc, at)
             indexes.name_invalid(self.conn, plan, error, self.tables.cli)  # SPEC §10.5
             self._audit_failure(plan, way, _ms(started), error["message"])
+            if self._lost(exc):
+                self._lock_lost(plan, f"cancelled part-way, after {done} of "
+                                      f"{len(plan.statements)} statements; its history row "
+                                      "stays `failed` for an operator (see `status`)")
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
         except Interrupted as exc:
@@ -316,8 +366,13 @@ class Applier:
                 self._record(plan, way, ms)
             self.left_behind = False
         except psycopg.Error as exc:
+            self._roll_back()
             error = sql_error(plan, None, exc, at)
             self._audit_failure(plan, way, ms, error["message"])
+            if self._lost(exc):
+                self._lock_lost(plan, "ran all its statements, but its history row "
+                                      "stays `failed`: it was not to commit without the "
+                                      "lock")
             self._fail(error, way, partial=True, completed=done,
                        statements=len(plan.statements))
         return ms
@@ -335,9 +390,12 @@ class Applier:
         """Written after the rollback, in its own transaction, so it survives; after a
         session reset, so neither a no-transaction file's leftovers nor what a rollback
         does not undo decide who writes it."""
+        if not plan.transactional:  # who ran it, for whoever finds its `failed` row
+            message += (f" [run {log.RUN_ID} on {self.tables.host}, backend pid "
+                        f"{self.conn.info.backend_pid}]")
         try:
             with self.conn.transaction(), self.conn.pipeline():
-                for statement in (*self.reset, *_RESET_AFTER, *_LEFTOVERS):
+                for statement in (*self.reset_unfenced, *_RESET_AFTER, *_LEFTOVERS):
                     self.conn.execute(statement)
                 self.tables.audit_row(self.conn, plan.migration, way.audit, ms, False,
                                       message)
@@ -345,6 +403,31 @@ class Applier:
         except psycopg.Error as exc:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
+
+    def _lost(self, exc: psycopg.Error) -> bool:
+        """Whether `exc` came of the lock lost: the fence refused the COMMIT, or the watch
+        found the lock's connection dead and cancelled the statement."""
+        return is_fence_error(exc) or bool(self.watch and self.watch.lost)
+
+    def _check_lock(self, plan: Plan) -> None:
+        """Before a migration (or a retry) starts: the watch found the lock gone."""
+        if self.watch and self.watch.lost:
+            self._lock_lost(plan, "not started")
+
+    def _lock_lost(self, plan: Plan, what: str) -> NoReturn:
+        """`lock_lost` (once: the watch may have logged it) and exit 4 (SPEC §10.1)."""
+        self._watch_end()
+        reason = (self.watch.lost if self.watch and self.watch.lost else
+                  "the advisory lock was no longer held by this runner when the migration "
+                  "was to commit")
+        if not (self.watch and self.watch.lost):
+            self.log.error("lock_lost", reason=reason, lock_key=self.lock.key,
+                           lock_pid=self.lock.pid, **as_fields(plan.migration))
+        m = plan.migration
+        raise LockLostError(
+            f"advisory lock lost: {reason}; {m.file}: {what}; another runner may hold the "
+            "lock now: run again once it is done", **as_fields(m), lock_key=self.lock.key,
+            lock_pid=self.lock.pid)
 
     def _watch_end(self) -> list[dict[str, Any]]:
         """The watch stops reporting this migration; the last blockers it saw."""

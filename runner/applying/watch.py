@@ -26,7 +26,13 @@ a lock held for no more than that check and one log line.
 The watch never slows or blocks the migration: its queries read statistics views on
 another backend, take no lock on anything the migration touches, and run with a short
 statement_timeout and lock_timeout of their own; a failed watch query is logged at debug
-and the watch goes on; nothing it does changes an exit code.
+and the watch goes on; nothing it does changes an exit code, but one thing: the lock
+connection found dead. The watch asks it something every tick (a sample, or `SELECT 1`
+between samples and migrations), so a lock connection killed, ended for being idle or
+dropped by the network is found within seconds wherever the run is (SPEC §10.1): it
+logs `lock_lost`, sets `lost` and cancels the work connection's statement; the main
+thread then stops with exit 4. (The fence in each migration's transaction refuses the
+COMMIT anyway: the watch makes the run stop at once rather than at its next commit.)
 """
 
 from __future__ import annotations
@@ -106,10 +112,16 @@ def _duration(seconds: float) -> str:
 
 
 class Watch:
-    def __init__(self, conn: Connection, work_pid: int, progress_interval: float) -> None:
+    def __init__(self, conn: Connection, work_pid: int, progress_interval: float,
+                 cancel: Callable[[], None] | None = None) -> None:
         """`conn`: the lock connection, idle while migrations run; `work_pid`: the backend
-        to watch; `progress_interval`: seconds between `migration_progress` (0: none)."""
+        to watch; `progress_interval`: seconds between `migration_progress` (0: none);
+        `cancel`: cancels the work connection's statement when the lock is lost."""
         self.conn = conn
+        self.cancel = cancel
+        # Why the lock is gone, once the lock connection was found dead (SPEC §10.1); set
+        # before `cancel` is called, so the main thread sees it with the cancelled error.
+        self.lost: str | None = None
         self.work_pid = work_pid
         self.progress_interval = progress_interval
         self.tick = min(TICK_S, progress_interval) if progress_interval > 0 else TICK_S
@@ -171,11 +183,17 @@ class Watch:
                 running = self.running
                 if running is not None and (on_tick := self.on_tick) is not None:
                     on_tick()
-                if running is None or time.monotonic() - running.started < 0.9 * self.tick:
-                    continue
                 try:
+                    if running is None or time.monotonic() - running.started < 0.9 * self.tick:
+                        # Between and during short migrations the lock connection is
+                        # still asked every tick: a dead one is found within seconds.
+                        self.conn.execute("SELECT 1")
+                        continue
                     row = self._sample()
                 except psycopg.Error as exc:
+                    if self.conn.broken or self.conn.closed:
+                        self._lose(exc, running)
+                        return
                     self.log.debug("watch_failed", message=str(exc).strip())
                     continue
                 if row is not None:
@@ -187,6 +205,20 @@ class Watch:
                         self.conn.execute(statement)
                 except psycopg.Error as exc:
                     self.log.debug("watch_failed", message=str(exc).strip())
+
+    def _lose(self, exc: psycopg.Error, running: Running | None) -> None:
+        """The lock connection died, and the lock with it: `lock_lost`, and the running
+        migration cancelled, since it may no longer commit (SPEC §10.1)."""
+        message = " ".join(str(exc).split()) or exc.__class__.__name__
+        self.lost = f"the lock connection ended ({message})"
+        fields = as_fields(running.plan.migration) if running else {}
+        with self._log_lock:
+            self.log.error("lock_lost", reason=self.lost, sqlstate=exc.sqlstate, **fields)
+        if self.cancel is not None:
+            try:
+                self.cancel()
+            except psycopg.Error as cancel_exc:  # the fence still refuses its COMMIT
+                self.log.debug("watch_failed", message=str(cancel_exc).strip())
 
     def _sample(self) -> tuple[Any, ...] | None:
         if not self._limited:

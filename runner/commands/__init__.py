@@ -5,21 +5,31 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from runner.errors import ConfigError, ValidationError
+import psycopg
+
+from runner.errors import (
+    ConfigError,
+    LockLostError,
+    RunningElsewhereError,
+    UnreachableError,
+    ValidationError,
+)
 from runner.folder import files
 from runner.histories import choice
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
 from runner.session.database import (
+    TOO_MANY_CONNECTIONS,
     Connection,
     backend_pid,
     connect,
     server_version,
     set_parameters,
 )
-from runner.session.lock import POOLER_MESSAGE, AdvisoryLock
+from runner.session.lock import POOLER_MESSAGE, AdvisoryLock, is_fence_error, owners
 from runner.settings import Settings
 
 if TYPE_CHECKING:
@@ -94,9 +104,15 @@ def settled_files(history: History, before: History,
     return history.load(settings.migrations_path)
 
 
-def open_connection(settings: Settings, purpose: str, level: str = "info") -> Connection:
-    """`level` of `db_connected`: debug where the command's output is for a person."""
-    conn = connect(settings, purpose)
+def open_connection(settings: Settings, purpose: str, level: str = "info",
+                    primary: bool = False) -> Connection:
+    """`level` of `db_connected`: debug where the command's output is for a person;
+    `primary`: the command writes, and waits out a standby (SPEC §10.3). Every connection
+    but the work one is the run's first, and looks at the session's settings. The work
+    one, opened while the lock is held, does not wait for a connection slot (53300)."""
+    work = purpose == "work"
+    conn = connect(settings, purpose, look=None if work else level, primary=primary,
+                   wait_for_a_slot=not work)
     info = conn.info
     getattr(log.get(), level)("db_connected", server_version=server_version(conn), purpose=purpose,
                    target=f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}")
@@ -128,13 +144,33 @@ class Session:
     @property
     def work(self) -> Connection:
         if self._work is None:
-            conn = open_connection(self.settings, "work")
+            try:
+                conn = open_connection(self.settings, "work")
+            except UnreachableError as exc:
+                if exc.fields.get("sqlstate") != TOO_MANY_CONNECTIONS:
+                    raise
+                return self._single(exc.message)
             self._work_pid = backend_pid(conn)
             if self._work_pid == self.lock.pid:
                 conn.close()  # two client connections on one backend: only a pooler does that
                 raise ConfigError(POOLER_MESSAGE)
             set_parameters(conn, self.history.session_parameters)
             self._work = conn
+        return self._work
+
+    def _single(self, refused: str) -> Connection:
+        """A connection limit that leaves room for the lock connection only (SPEC §10.3):
+        the migrations run on it too, as sqlx runs them, rather than waiting out
+        MIGRATE_WAIT_TIMEOUT holding the lock. The watch (SPEC §9) is then off, and the
+        session reset takes the lock again right after pg_advisory_unlock_all()
+        (AdvisoryLock.fence_after_unlock)."""
+        log.get().warning("single_connection", lock_pid=self.lock.pid, refused=refused,
+                          message="the role's or database's connection limit leaves room "
+                                  "for one connection: the migrations run on the lock's "
+                                  "own, without the watch of long migrations")
+        self.lock.single = True
+        self._work = self.lock.conn
+        self._work_pid = self.lock.pid
         return self._work
 
     def check_same_session(self) -> None:
@@ -145,15 +181,19 @@ class Session:
             raise ConfigError(POOLER_MESSAGE)
 
     @contextmanager
-    def watching(self) -> Iterator[Watch]:
+    def watching(self) -> Iterator[Watch | None]:
         """The watch of the work connection from the lock connection (SPEC §9), stopped
-        before the lock is released whatever ends the block. Imported here: only a run
-        with something to apply watches."""
+        before the lock is released whatever ends the block; None on a single
+        connection. Imported here: only a run with something to apply watches."""
         from runner.applying.live import live_status
         from runner.applying.watch import Watch
 
         work = self.work
-        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)
+        if self.lock.single:
+            yield None
+            return
+        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
+                      cancel=lambda: work.cancel_safe(timeout=5))
         work.add_notice_handler(watch.notice)
         watch.start()
         try:
@@ -163,8 +203,22 @@ class Session:
             watch.stop()
             work.remove_notice_handler(watch.notice)
 
+    def fence(self, conn: Connection) -> None:
+        """Inside a transaction that writes the history outside a migration (baseline,
+        repair): fail it unless this runner holds the lock now (SPEC §10.1)."""
+        try:
+            conn.execute("SELECT " + self.lock.fence())
+        except psycopg.Error as exc:
+            if not is_fence_error(exc):
+                raise
+            reason = "the advisory lock was no longer held by this runner when it was to commit"
+            log.get().error("lock_lost", reason=reason, lock_key=self.lock.key,
+                            lock_pid=self.lock.pid)
+            raise LockLostError(f"advisory lock lost: {reason}; nothing was changed; run "
+                                "again", lock_key=self.lock.key) from None
+
     def close(self) -> None:
-        if self._work is not None:
+        if self._work is not None and not self.lock.single:
             self._work.close()
 
 
@@ -175,7 +229,7 @@ def locked(settings: Settings, conn: Connection | None = None,
     the format's), and the lock held. `conn`: the lock connection when the caller opened
     it already, with `settled` the history `settle` chose on it (fleet mode's pre-check
     reads the history there before the lock); closed here like one opened here."""
-    lock_conn = conn if conn is not None else open_connection(settings, "lock")
+    lock_conn = conn if conn is not None else open_connection(settings, "lock", primary=True)
     try:
         history = settled if settled is not None else settle(settings, lock_conn)
     except BaseException:
@@ -190,6 +244,32 @@ def locked(settings: Settings, conn: Connection | None = None,
         session.close()
         lock.release()
         lock_conn.close()
+
+
+def refuse_running_elsewhere(session: Session, applied: dict[int, Applied]) -> None:
+    """A `failed` row whose no-transaction migration another runner's session is still
+    applying (its runner lost the lock, or stalled): `migration_running_elsewhere` and
+    exit 4, never "run repair", which would start it a second time (SPEC §10.1)."""
+    failed = sorted(v for v, a in applied.items() if a.status == "failed")
+    running = owners(session.lock.conn, session.lock.key, failed)
+    if not running:
+        return
+    now = datetime.now(UTC)
+    parts = []
+    for version, owner in sorted(running.items()):
+        a = applied[version]
+        seconds = round((now - a.applied_at).total_seconds(), 1)
+        log.get().error("migration_running_elsewhere", version=version,
+                        description=a.description, running_s=seconds, **owner)
+        parts.append(f"version {version} ({a.description}) is being applied right now by "
+                     f"backend pid {owner['pid']} ({owner['application_name'] or '?'}"
+                     f"{', ' + owner['client_addr'] if owner['client_addr'] else ''}), "
+                     f"for {seconds:g}s")
+    raise RunningElsewhereError(
+        "; ".join(parts) + ": another runner's no-transaction migration is still running "
+        "(that runner lost the advisory lock or stalled); wait for it to end and run again; "
+        "do not run `repair --failed` while it runs, it would start the file a second time",
+        versions=sorted(running), pids=[o["pid"] for o in running.values()])
 
 
 @dataclass

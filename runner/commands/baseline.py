@@ -36,6 +36,7 @@ def baseline(settings: Settings, to: int) -> int:
                 "runner has never migrated. Use `status` to see its state"])
         session.check_same_session()
         with conn.transaction():
+            session.fence(conn)
             for m in chosen:
                 history.record_applied(conn, m, 0)
                 history.audit_row(conn, m, "baseline", 0, True)

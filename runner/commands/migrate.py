@@ -6,7 +6,15 @@ import time
 
 from runner.applying import partitioned
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only, read_state, settle, settled_files
+from runner.commands import (
+    history_for,
+    locked,
+    read_only,
+    read_state,
+    refuse_running_elsewhere,
+    settle,
+    settled_files,
+)
 from runner.errors import MigrationError
 from runner.folder import files, statements
 from runner.histories.history import History, plural
@@ -46,6 +54,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
         applied = history.read_checked(session.lock.conn, "migrate")
+        refuse_running_elsewhere(session, applied)
         pending = read_state(history, applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
         if pending or not applied:  # an empty history: the tables may be missing too
@@ -58,7 +67,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
                     versions=[p.migration.version for p in plans])
         if plans:
             with session.watching() as watch:
-                applier = Applier(session.work, history, settings, watch)
+                applier = Applier(session.work, history, settings, session.lock, watch)
                 for plan in plans:
                     try:
                         applier.apply(plan)

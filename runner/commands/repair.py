@@ -12,7 +12,7 @@ audit row `repair`; all of them commit together, under the lock.
 
 from __future__ import annotations
 
-from runner.commands import history_for, locked
+from runner.commands import history_for, locked, refuse_running_elsewhere
 from runner.errors import ConfigError, ValidationError
 from runner.histories.history import as_fields, named
 from runner.output import log
@@ -40,6 +40,7 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
         by_version = {m.version: m for m in folder.migrations}
         conn = session.work
         applied = history.read_checked(conn, "repair")
+        refuse_running_elsewhere(session, applied)
         mark = None
         if mark_applied is not None:
             mark = by_version.get(mark_applied)
@@ -61,6 +62,7 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
         if clear or accept or mark:  # the app may have made the history without the audit table
             history.ensure(conn)
         with conn.transaction():
+            session.fence(conn)
             if mark is not None and history.mark_applied(conn, mark):
                 history.audit_row(conn, mark, "repair", 0, True)
             for a in clear:

@@ -13,7 +13,14 @@ import time
 
 from runner.applying import partitioned
 from runner.applying.apply import Applier
-from runner.commands import history_for, locked, read_only, settle, settled_files
+from runner.commands import (
+    history_for,
+    locked,
+    read_only,
+    refuse_running_elsewhere,
+    settle,
+    settled_files,
+)
 from runner.commands.migrate import print_plan
 from runner.errors import ValidationError
 from runner.folder import files, statements
@@ -84,6 +91,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         migrations = settled_files(history, folder_history, migrations, settings)
         conn = session.work
         applied = history.read_checked(conn, "rollback")
+        refuse_running_elsewhere(session, applied)
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
         partitioned.refuse(conn, plans)
@@ -91,7 +99,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         if plans:  # the app may have made the history without the audit table
             history.ensure(conn)
         with session.watching() as watch:
-            applier = Applier(conn, history, settings, watch)
+            applier = Applier(conn, history, settings, session.lock, watch)
             for plan in plans:
                 applier.revert(plan)
         undone = {p.migration.version for p in plans}

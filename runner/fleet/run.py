@@ -181,7 +181,7 @@ class Fleet:
         try:
             # The pre-check reads on what becomes the lock connection: an up-to-date target
             # costs one connection and one read, and the fleet never holds more than two.
-            conn = open_connection(settings, "lock")
+            conn = open_connection(settings, "lock", primary=True)
             try:
                 history = settle(settings, conn)
                 migrations = settled_files(history, self.folder_history, self.migrations,

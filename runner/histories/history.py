@@ -177,8 +177,15 @@ class History:
         raise NotImplementedError
 
     def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
-        """Insert or complete the history row; inside the migration's transaction.
-        `ms` None: the server measures the time since the transaction began."""
+        """Insert the history row, inside the migration's transaction; never an upsert,
+        so a second applier that slipped past the lock fails on the key and rolls back
+        (SPEC §10.1). `ms` None: the server measures the time since the transaction
+        began."""
+        raise NotImplementedError
+
+    def complete(self, conn: Connection, m: Migration, ms: int) -> None:
+        """Turn the `failed` marker of a no-transaction migration (`mark_started`) into
+        its applied row, once its statements are done."""
         raise NotImplementedError
 
     def mark_started(self, conn: Connection, m: Migration) -> None:
@@ -290,10 +297,7 @@ CREATE TABLE {history} (
         # Composed once: it goes out with every migration.
         self._record_applied = sql.SQL(
             "INSERT INTO {} (version, description, checksum, execution_time_ms, status) "
-            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied') "
-            "ON CONFLICT (version) DO UPDATE SET "
-            "checksum = EXCLUDED.checksum, execution_time_ms = EXCLUDED.execution_time_ms, "
-            "applied_at = pg_catalog.now(), applied_by = current_user, status = 'applied'"
+            "VALUES (%s, %s, %s, COALESCE(%s, " + ELAPSED_MS + "), 'applied')"
         ).format(self.history).as_string(None)
 
     def read_folder(self, folder: Path) -> files.Folder:
@@ -320,6 +324,13 @@ CREATE TABLE {history} (
 
     def record_applied(self, conn: Connection, m: Migration, ms: int | None) -> None:
         conn.execute(self._record_applied, (m.version, m.description, m.checksum, ms))
+
+    def complete(self, conn: Connection, m: Migration, ms: int) -> None:
+        conn.execute(sql.SQL(
+            "UPDATE {} SET status = 'applied', checksum = %s, execution_time_ms = %s, "
+            "applied_at = pg_catalog.now(), applied_by = current_user "
+            "WHERE version = %s AND status = 'failed'").format(self.history),
+            (m.checksum, ms, m.version))
 
     def mark_started(self, conn: Connection, m: Migration) -> None:
         conn.execute(sql.SQL(

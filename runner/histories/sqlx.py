@@ -68,10 +68,7 @@ class SqlxHistory(History):
         self.other_tables = ((self.native_schema, "migration_history"),)
         self._record_applied = sql.SQL(
             "INSERT INTO {} (version, description, success, checksum, execution_time) "
-            "VALUES (%s, %s, TRUE, %s, COALESCE(%s, " + _ELAPSED_NS + ")) "
-            "ON CONFLICT (version) DO UPDATE SET description = EXCLUDED.description, "
-            "success = TRUE, checksum = EXCLUDED.checksum, "
-            "execution_time = EXCLUDED.execution_time, installed_on = pg_catalog.now()"
+            "VALUES (%s, %s, TRUE, %s, COALESCE(%s, " + _ELAPSED_NS + "))"
         ).format(self.history).as_string(None)
 
     def read_folder(self, folder: Path) -> Folder:
@@ -123,6 +120,13 @@ class SqlxHistory(History):
         ns = None if ms is None else ms * 1_000_000
         conn.execute(self._record_applied,
                      (m.version, m.description, bytes.fromhex(m.checksum), ns))
+
+    def complete(self, conn: Connection, m: Migration, ms: int) -> None:
+        conn.execute(sql.SQL(
+            "UPDATE {} SET success = TRUE, checksum = %s, description = %s, "
+            "execution_time = %s, installed_on = pg_catalog.now() "
+            "WHERE version = %s AND NOT success").format(self.history),
+            (bytes.fromhex(m.checksum), m.description, ms * 1_000_000, m.version))
 
     def mark_started(self, conn: Connection, m: Migration) -> None:
         conn.execute(sql.SQL(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -12,7 +13,7 @@ import psycopg
 
 from runner.errors import ConfigError, UnreachableError
 from runner.output import log
-from runner.session import connect_failure
+from runner.session import connect_failure, environment
 from runner.session import conninfo as cinfo
 from runner.settings import Settings
 
@@ -30,8 +31,15 @@ OPENED: ContextVar[Callable[[psycopg.Connection[Any]], None] | None] = ContextVa
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
              "keepalives_count": 3}
 
+TOO_MANY_CONNECTIONS = "53300"
+# What the server refused of the startup parameters, so that the run's next connection
+# does not ask again (runner.session.environment).
+_refused: dict[str, bool] = {}
+
 
 def transient_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, environment.Standby):  # a failover makes it a primary (SPEC §10.3)
+        return "standby"
     return connect_failure.classify(exc)[1]
 
 
@@ -49,12 +57,19 @@ def _wait_within(timeout: float) -> Any:
     return wait
 
 
-def connect(settings: Settings, purpose: str) -> Connection:
-    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds).
+def connect(settings: Settings, purpose: str, look: str | None = None,
+            primary: bool = False, wait_for_a_slot: bool = True) -> Connection:
+    """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds),
+    with the runner's own session settings (runner.session.environment). `look`: on the
+    run's first connection, the level (info, debug) of the `session_settings` it logs
+    when a role or database setting differs from the runner's; `primary`: for a command
+    that writes, a standby or a read-only session is waited out like a server that is not
+    up yet (SPEC §10.3); `wait_for_a_slot` False: a connection limit reached (53300) is
+    not waited for.
 
     Raises ConfigError (exit 2) for a connection string that cannot be right and when
     nothing at all is configured and libpq's defaults fail; UnreachableError (exit 3)
-    when the server refused for good or did not answer in time."""
+    when the server refused for good, did not answer in time, or stayed a standby."""
     logger = log.get()
     conninfo = settings.conninfo()
     params = cinfo.parse(conninfo, cinfo.source_name(settings.database_url_file))
@@ -63,8 +78,13 @@ def connect(settings: Settings, purpose: str) -> Connection:
     # as psql would give them; waiting cannot make a setting appear.
     configured = cinfo.configured(conninfo)
     wait_timeout = settings.wait_timeout if configured else 0.0
+    own = environment.user_options(params, os.environ)
     kwargs: dict[str, Any] = {**KEEPALIVE, "application_name": APPLICATION_NAME,
-                              "autocommit": True}
+                              "autocommit": True,
+                              **environment.startup(own, "before_14" in _refused)}
+    if "options" in _refused:
+        kwargs["options"] = ""
+    looked: list[environment.Look] = []
     if settings.connect_timeout > 0:
         kwargs["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
 
@@ -79,18 +99,50 @@ def connect(settings: Settings, purpose: str) -> Connection:
         password_file = settings.database_password_file
         if password_file:  # read at every attempt: a token refreshed during the wait
             kwargs["password"] = cinfo.read_password_file(password_file)
-        conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        try:
+            conn: Connection = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            if environment.refused_as_too_new(exc):
+                _refused["before_14"] = True
+                kwargs.update(environment.startup(own, before_14=True))
+            elif environment.refused_options(exc) and kwargs["options"]:
+                _refused["options"] = True
+                kwargs["options"] = ""  # libpq then sends none; SET after connecting
+            else:
+                raise
+            conn = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        if not kwargs["options"]:
+            conn.execute(environment.sets(conn.info.server_version))
+        if look:
+            try:
+                found = environment.look(conn, settings)
+                if primary and found.read_only:
+                    raise environment.Standby(found.read_only)
+            except BaseException:
+                conn.close()
+                raise
+            looked[:] = [found]
         return conn
+
+    def retryable(exc: BaseException) -> bool:
+        return transient_reason(exc) is not None and (
+            wait_for_a_slot or connect_failure.classify(exc)[0] != TOO_MANY_CONNECTIONS)
 
     started = time.monotonic()
     try:
         try:
             conn = attempt()
-        except psycopg.OperationalError as exc:
-            if transient_reason(exc) is None:
+        except (psycopg.OperationalError, environment.Standby) as exc:
+            if not retryable(exc):
                 raise
             left = wait_timeout - (time.monotonic() - started)
-            conn = _retry(exc, attempt, left, before_sleep)
+            conn = _retry(exc, attempt, retryable, left, before_sleep)
+    except environment.Standby as exc:
+        raise UnreachableError(
+            f"database {target} is {exc.what}: {purpose} needs a primary it can write to, "
+            f"and none came within {wait_timeout:g}s (MIGRATE_WAIT_TIMEOUT); point "
+            "DATABASE_URL at the primary (the cluster's writer endpoint), or wait for the "
+            "failover to end", target=target, reason="standby") from None
     except psycopg.OperationalError as exc:
         message = cinfo.scrub(connect_failure.message(exc))
         sqlstate, reason = connect_failure.classify(exc)
@@ -106,14 +158,18 @@ def connect(settings: Settings, purpose: str) -> Connection:
         raise UnreachableError(f"database {target} "
                                f"{connect_failure.refusal(sqlstate, message)}: {message}",
                                sqlstate=sqlstate, target=target) from None
-    _set_session(conn)
+    if looked and looked[0].differing:
+        getattr(logger, look or "info")(
+            "session_settings", settings=looked[0].differing,
+            message="role or database settings the runner's sessions override")
     opened = OPENED.get()
     if opened is not None:
         opened(conn)
     return conn
 
 
-def _retry(first: psycopg.OperationalError, attempt: Callable[[], Connection], timeout: float,
+def _retry(first: BaseException, attempt: Callable[[], Connection],
+           retryable: Callable[[BaseException], bool], timeout: float,
            before_sleep: Callable[[RetryCallState], None]) -> Connection:
     """The attempts after a first one that failed for a reason waiting can cure, until
     `timeout` seconds from now. tenacity is imported only here: a start whose first
@@ -132,23 +188,13 @@ def _retry(first: psycopg.OperationalError, attempt: Callable[[], Connection], t
     retrying = Retrying(
         stop=stop_after_delay(timeout),
         wait=_wait_within(timeout),
-        retry=retry_if_exception(lambda e: transient_reason(e) is not None),
+        retry=retry_if_exception(retryable),
         before_sleep=before_sleep,
         sleep=time.sleep,
         reraise=True,
     )
     conn: Connection = retrying(again)
     return conn
-
-
-def _set_session(conn: Connection) -> None:
-    """Server-side keepalives and, on 14+, a periodic check for a vanished client, so a
-    killed runner's statement is cancelled and its lock freed within seconds."""
-    sql = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
-           "SET tcp_keepalives_count = 3")
-    if conn.info.server_version >= 140000:
-        sql += "; SET client_connection_check_interval = '2s'"
-    conn.execute(sql)
 
 
 def server_version(conn: Connection) -> str:

@@ -39,6 +39,18 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(hi)s AND l.objid =
   AND l.objsubid = 1
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
+# The fence (SPEC §10.1): an expression that is true while the lock connection's backend
+# holds the lock, and otherwise fails its statement, and with it the transaction that
+# would have committed without the lock. current_setting() of a name nobody sets raises
+# 42704 naming it, so the server's log says what happened too. pg_locks, not a flag of
+# ours: a lock connection that died, or was ended for being idle, shows there at once.
+LOST_SETTING = "migration_runner.advisory_lock_lost"
+_FENCE = ("(CASE WHEN {held} THEN true ELSE "
+          "pg_catalog.current_setting('" + LOST_SETTING + "')::bool END)")
+_HELD_BY = """EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory'
+  AND granted AND pid = {pid} AND classid = {hi} AND objid = {lo} AND objsubid = 1
+  AND database = (SELECT oid FROM pg_catalog.pg_database
+                  WHERE datname = pg_catalog.current_database()))"""
 _HELD_BY_ME = """
 SELECT pg_backend_pid(), EXISTS (
   SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
@@ -67,12 +79,52 @@ def _holder(conn: Connection, key: int) -> dict[str, Any]:
             "holder_client_addr": row[2]}
 
 
+# Who runs a no-transaction migration (SPEC §10.1): its work session holds a second
+# session lock, one per version, from its `failed` marker until it ends; the lock dies
+# with the session, so a `failed` row whose lock is held is being applied right now.
+_OWNERS = """
+SELECT v.version, a.pid, a.application_name, host(a.client_addr)
+FROM ROWS FROM (pg_catalog.unnest(%(versions)s::int8[]), pg_catalog.unnest(%(hi)s::int8[]),
+               pg_catalog.unnest(%(lo)s::int8[])) AS v(version, hi, lo)
+JOIN pg_catalog.pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid::int8 = v.hi AND l.objid::int8 = v.lo
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                    WHERE datname = pg_catalog.current_database())
+JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+"""
+
+
+def owner_key(key: int, version: int) -> int:
+    """The session lock a no-transaction migration's work session holds while it runs."""
+    digest = hashlib.sha256(f"{key}\0{version}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def owners(conn: Connection, key: int, versions: list[int]) -> dict[int, dict[str, Any]]:
+    """For each of `versions` being applied by a live session now: its pid,
+    application_name and client_addr."""
+    if not versions:
+        return {}
+    halves = [_halves(owner_key(key, v)) for v in versions]
+    rows = conn.execute(_OWNERS, {"versions": versions, "hi": [h["hi"] for h in halves],
+                                  "lo": [h["lo"] for h in halves]}).fetchall()
+    return {r[0]: {"pid": r[1], "application_name": r[2], "client_addr": r[3]} for r in rows}
+
+
+def is_fence_error(exc: psycopg.Error) -> bool:
+    """Whether `exc` is the fence's: the lock was not held when a write was to commit."""
+    return exc.sqlstate == "42704" and LOST_SETTING in str(exc)
+
+
 class AdvisoryLock:
     def __init__(self, conn: Connection, key: int) -> None:
         """`key`: the history format's advisory lock key (History.lock_key)."""
         self.conn = conn
         self.key = key
         self.held = False
+        # The migrations run on the lock connection itself (SPEC §10.3, a connection limit
+        # of one): see `fence` and `relock`.
+        self.single = False
         self.pid = 0  # this session's backend, once acquire() has asked
         self.channel = f"migration_runner_{self.key & 0xFFFFFFFFFFFFFFFF:016x}"
 
@@ -107,6 +159,31 @@ class AdvisoryLock:
         self._check_same_session(pid)
         logger.info("lock_acquired", waited_ms=round((time.monotonic() - started) * 1000),
                     lock_key=self.key)
+
+    def fence(self) -> str:
+        """An SQL expression, true while this runner holds the lock and an error (42704,
+        `is_fence_error`) otherwise, for a statement inside every transaction that writes
+        a migration's or the history's rows, before its COMMIT."""
+        return _FENCE.format(held=_HELD_BY.format(pid=self.pid, **_halves(self.key)))
+
+    def fence_after_unlock(self) -> str:
+        """The fence right after the session reset's pg_advisory_unlock_all(): on one
+        connection, where that just dropped the lock itself, it takes the lock again, and
+        fails when a runner took it in between; on two, `fence`."""
+        if self.single:
+            return _FENCE.format(held=self.relock())
+        return self.fence()
+
+    def claim(self, version: int) -> str:
+        """A statement taking the session lock that says this session runs `version`, a
+        no-transaction migration (`owners`); the session reset's pg_advisory_unlock_all()
+        releases it when the file is done or failed."""
+        return f"SELECT pg_catalog.pg_try_advisory_lock({owner_key(self.key, version)})"
+
+    def relock(self) -> str:
+        """On one connection, the expression that takes the lock again after
+        pg_advisory_unlock_all() (true when it did); on two, nothing to do."""
+        return f"pg_catalog.pg_try_advisory_lock({self.key})" if self.single else "true"
 
     def _try(self) -> bool:
         row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
