@@ -43,6 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from runner.applying import outcome
 from runner.applying.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.errors import Interrupted, MigrationError
 from runner.folder.statements import Plan, Statement
@@ -131,6 +132,9 @@ class Applier:
         """`watch`, when given, is told which migration runs (SPEC §9)."""
         self.conn = conn
         self.watch = watch
+        self.pid = conn.info.backend_pid  # known after the connection is lost, too
+        self.last_words = outcome.LastWords()  # a server's shutdown warning (SPEC §10.2)
+        conn.add_notice_handler(self.last_words)
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
         self.reset = session_reset(conn)
         self.left_behind = False  # cursors, prepared statements or temporary tables
@@ -223,6 +227,8 @@ class Applier:
                 self.left_behind = self._left_behind(after)
                 return _ms(started)
             except psycopg.Error as exc:
+                if outcome.is_lost(exc, self.conn):
+                    self._lost(plan, way, exc, started)
                 self._roll_back()
                 failed = _unanswered(sent)
                 current = plan.statements[failed] if failed < len(sent) else None
@@ -283,6 +289,8 @@ class Applier:
             current = None
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
+            if outcome.is_lost(exc, self.conn):
+                self._lost(plan, way, exc, started, completed=done)
             error = sql_error(plan, current, exc, at)
             self._audit_failure(plan, way, _ms(started), error["message"])
             self._fail(error, way, partial=True, completed=done,
@@ -298,6 +306,8 @@ class Applier:
                 self._record(plan, way, ms)
             self.left_behind = False
         except psycopg.Error as exc:
+            if outcome.is_lost(exc, self.conn):
+                self._lost(plan, way, exc, started, completed=done)
             error = sql_error(plan, None, exc, at)
             self._audit_failure(plan, way, ms, error["message"])
             self._fail(error, way, partial=True, completed=done,
@@ -332,6 +342,21 @@ class Applier:
         """The watch stops reporting this migration; the last blockers it saw."""
         return self.watch.end() if self.watch else []
 
+    def _lost(self, plan: Plan, way: Direction, exc: psycopg.Error, started: float,
+              completed: int | None = None) -> NoReturn:
+        """The connection died or stalled: not the file's error. Reconnects to learn
+        whether the migration committed (runner.applying.outcome); exit 3."""
+        self._watch_end()
+        stall = self.watch.stall if self.watch else None
+        partial = (None if completed is None else self._part_way(
+            way, plan.migration.version, completed, len(plan.statements)))
+        lock = self.watch.conn if self.watch else None
+        lock_lost = lock is not None and (lock.closed or lock.broken)
+        outcome.settle(self.settings, self.tables, plan, way.audit, exc, pid=self.pid,
+                       started=started, ms=_ms(started), last_words=self.last_words,
+                       stalled=stall.fields() if stall else {}, partial=partial,
+                       lock_pid=self.watch.lock_pid if self.watch and lock_lost else None)
+
     def _fail(self, error: dict[str, Any], way: Direction, **extra: Any) -> NoReturn:
         self._watch_end()  # nothing about this migration after its failure is logged
         # `migration_failed` for a rollback file too (direction: down): an alert on that
@@ -343,8 +368,13 @@ class Applier:
 
             text += f"; blocked by {describe_blockers(error['blocked_by'])}"
         if extra.get("partial"):
-            text += (f"; statements completed before it: {extra['completed']} of "
-                     f"{extra['statements']}; " + way.partial.format(
-                repair_failed=self.tables.cli("repair --failed"),
-                mark_applied=self.tables.cli(f"repair --mark-applied {error['version']}")))
+            text += "; " + self._part_way(way, error["version"], extra["completed"],
+                                          extra["statements"])
         raise MigrationError(text, **error)
+
+    def _part_way(self, way: Direction, version: int, completed: int, statements: int) -> str:
+        """What an operator does about a no-transaction file that stopped part-way."""
+        return (f"statements completed before it: {completed} of {statements}; "
+                + way.partial.format(
+                    repair_failed=self.tables.cli("repair --failed"),
+                    mark_applied=self.tables.cli(f"repair --mark-applied {version}")))

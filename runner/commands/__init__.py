@@ -85,7 +85,8 @@ class Session:
         from runner.applying.watch import Watch
 
         work = self.work
-        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval)
+        watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
+                      work=work)
         work.add_notice_handler(watch.notice)
         watch.start()
         try:

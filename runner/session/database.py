@@ -17,16 +17,20 @@ from tenacity import (
 
 from runner.errors import ConfigError, UnreachableError
 from runner.output import log
-from runner.session import connect_failure
+from runner.session import connect_failure, deadline
 from runner.session import conninfo as cinfo
 from runner.settings import Settings
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 APPLICATION_NAME = "migration-runner"
 # libpq keepalives on our end; the same numbers for the server's end: a dead peer is
-# noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows.
+# noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows (§10.2).
+# Keepalives only probe an idle socket: while sent data waits for its acknowledgement
+# (a query sent into a network that drops packets) the kernel retransmits for ~15
+# minutes instead. `tcp_user_timeout` (ms, Linux; ignored elsewhere) ends that wait too,
+# and caps the keepalives' own verdict at the same 30 s (tcp(7), TCP_USER_TIMEOUT).
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-             "keepalives_count": 3}
+             "keepalives_count": 3, "tcp_user_timeout": 30_000}
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -95,6 +99,7 @@ def connect(settings: Settings, purpose: str) -> Connection:
                 sqlstate=sqlstate, target=target) from None
         raise UnreachableError(f"database {target} refused the connection: {message}",
                                sqlstate=sqlstate, target=target) from None
+    deadline.track(conn)
     _set_session(conn)
     return conn
 
