@@ -69,9 +69,11 @@ class Proxy:
             except OSError:
                 return
 
-    def stall(self) -> None:
+    def stall(self, newest_only: bool = False) -> None:
+        """`newest_only`: the last connection opened (the runner's work connection, opened
+        after its lock connection)."""
         with self._lock:
-            for _, _, stalled in self._open:
+            for _, _, stalled in self._open[-1:] if newest_only else self._open:
                 stalled.set()
 
     def close(self) -> None:
@@ -160,6 +162,39 @@ def test_proxy_that_stops_forwarding_mid_statement_is_rolled_back(
                     "FROM migration_audit WHERE NOT success") == [(2, True)]
 
 
+@pytest.mark.parametrize("kill", [False, True])
+def test_work_connection_alone_stalled_after_commit_is_found_by_the_watch(
+        db: Db, migrations: Files, proxy: Proxy, kill: bool) -> None:
+    """The lock connection still answers: the watch sees the work backend idle since
+    the COMMIT (or, killed after it, gone) while the runner waits for the answer."""
+    folder = migrations({
+        "001_log.sql": "CREATE TABLE audit_log (n int);",
+        "002_seed.sql": "SELECT pg_sleep(2);\nINSERT INTO audit_log VALUES (2);\n",
+    })
+    runner = Runner(proxy.url(db.name), folder)
+    wait_for_statement(db, "SELECT pg_sleep(2)%")
+    proxy.stall(newest_only=True)
+    wait_until(lambda: db.scalar("SELECT count(*) FROM migration_history") == 2,
+               what="002 committed")
+    if kill:
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   f"WHERE query LIKE 'COMMIT%' AND datname = '{db.name}'")
+    result = runner.finish(timeout=120)
+    event = lost(result)
+    assert (event["version"], event["committed"]) == (2, True), event
+    assert ("gone" if kill else "idle") in event["stalled"]
+    assert run(db.url, folder, MIGRATE_LOCK_TIMEOUT="0").code == 0  # the lock was released
+
+
+def _terminated_within_10s(runner: Runner) -> None:
+    sent = time.monotonic()
+    runner.proc.send_signal(signal.SIGTERM)
+    result = runner.finish(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert result.code == 143, result.stderr
+    assert result.events[-1]["event"] == "interrupted"
+
+
 def test_sigterm_while_the_network_is_stalled_ends_within_10s(
         db: Db, migrations: Files, proxy: Proxy) -> None:
     folder = migrations({
@@ -169,12 +204,7 @@ def test_sigterm_while_the_network_is_stalled_ends_within_10s(
     runner = Runner(proxy.url(db.name), folder)
     wait_for_statement(db, "SELECT pg_sleep(600)%")
     proxy.stall()
-    sent = time.monotonic()
-    runner.proc.send_signal(signal.SIGTERM)
-    result = runner.finish(timeout=60)
-    assert time.monotonic() - sent < 10
-    assert result.code == 143, result.stderr
-    assert result.events[-1]["event"] == "interrupted"
+    _terminated_within_10s(runner)
 
 
 def test_sigterm_while_the_lock_connection_is_stalled_between_files_ends_within_10s(
@@ -191,11 +221,7 @@ def test_sigterm_while_the_lock_connection_is_stalled_between_files_ends_within_
     wait_until(lambda: not db.scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%%' "
         "AND state = 'active' AND datname = %s", (db.name,)), what="002 finished")
-    sent = time.monotonic()
-    runner.proc.send_signal(signal.SIGTERM)
-    result = runner.finish(timeout=60)
-    assert time.monotonic() - sent < 10
-    assert result.code == 143, result.stderr
+    _terminated_within_10s(runner)
 
 
 def test_work_connection_terminated_during_a_sleep_is_connection_lost(
