@@ -294,9 +294,28 @@ def test_server_restart_during_a_migration_reconnects_and_audits(
     event = lost(result)
     assert (event["version"], event["committed"], event["server_restarted"]) == (
         2, False, True), event
-    # fast: the FATAL is lost with the pipeline; immediate: its WARNING says 57P01.
-    assert event["sqlstate"] == (None if mode == "fast" else "57P01")
+    # fast: the FATAL the lock connection got; immediate: the WARNING each session got.
+    assert event["sqlstate"] == "57P01"
     assert "migration_notice" not in result.names()
     assert not db.table_exists("half")
     assert db.query("SELECT version, success, error_message LIKE 'connection lost: %%' "
                     "FROM migration_audit ORDER BY id") == [(1, True, None), (2, False, True)]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+def test_sockets_give_up_on_a_dead_peer_within_60s(db: Db) -> None:
+    """Keepalives bound an idle wait, tcp_user_timeout a wait with data unacknowledged
+    (packets dropped): both set on the socket itself, not only asked for."""
+    import os
+
+    from runner.session.database import connect
+    from runner.settings import resolve
+
+    with connect(resolve({}, {"DATABASE_URL": db.url}), "test") as conn, \
+            socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        def option(name: str) -> int:
+            return sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+
+        user_timeout_s = option("TCP_USER_TIMEOUT") / 1000
+        keepalive_s = option("TCP_KEEPIDLE") + option("TCP_KEEPINTVL") * option("TCP_KEEPCNT")
+    assert 0 < user_timeout_s <= 60 and 0 < keepalive_s <= 60

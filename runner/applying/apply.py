@@ -351,6 +351,10 @@ class Applier:
         partial = (None if completed is None else self._part_way(
             way, plan.migration.version, completed, len(plan.statements)))
         lock = self.watch.conn if self.watch else None
+        if self.watch and lock is not None:
+            self.watch.stop()  # the lock connection is ours again: ask it once
+            if not self.last_words.sqlstate and not exc.sqlstate:
+                outcome.probe(lock, self.last_words)
         lock_lost = lock is not None and (lock.closed or lock.broken)
         outcome.settle(self.settings, self.tables, plan, way.audit, exc, pid=self.pid,
                        started=started, ms=_ms(started), last_words=self.last_words,

@@ -24,7 +24,10 @@ down (57P01 `admin_shutdown`, 57P02 `crash_shutdown`), which is why those warnin
 not the migration's `migration_notice`. psycopg cannot hand over the FATAL error of a
 connection that closed during a pipeline (it raises "server closed the connection
 unexpectedly" and drops the results read before), so a transactional migration's loss
-may have none; `server_restarted` then says whether the server went down meanwhile.
+often has none. A server that shuts down ends every session alike, and the lock
+connection, idle, keeps its FATAL until asked: asked once (`probe`), it gives the
+SQLSTATE of that shutdown. When neither has one (the work session alone was ended in a
+pipeline), `sqlstate` is null, and `server_restarted` says whether the server went down.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from runner.errors import ConnectionLostError, RunnerError
 from runner.folder.statements import Plan
 from runner.histories.history import History, as_fields
 from runner.output import log
-from runner.session import database
+from runner.session import database, deadline
 from runner.session.database import Connection
 from runner.settings import Settings
 
 GONE_WAIT_S = 15.0  # for the old server process to exit once told to
+PROBE_S = 5.0  # the lock connection's answer to one SELECT
 _SHUTDOWN_CLASS = "57P"  # operator intervention: shutdown, crash, not accepting, dropped
 _END_OLD = """
 SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
@@ -75,6 +79,20 @@ class LastWords:
     def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
         if is_shutdown(diag):
             self.sqlstate, self.message = diag.sqlstate, diag.message_primary
+
+
+def probe(lock: Connection, last_words: LastWords) -> None:
+    """Ask the lock connection once (the caller owns it: the watch has stopped); when the
+    server ended it as well, keep the SQLSTATE it sent there."""
+    if lock.closed or lock.broken:
+        return
+    try:
+        with deadline.within(lock, PROBE_S):
+            lock.execute("SELECT 1")
+    except psycopg.Error as exc:
+        if (exc.sqlstate or "").startswith(_SHUTDOWN_CLASS):
+            last_words.sqlstate = exc.sqlstate
+            last_words.message = exc.diag.message_primary
 
 
 def is_lost(exc: psycopg.Error, conn: Connection) -> bool:
