@@ -11,12 +11,16 @@ from runner.errors import ConfigError, ValidationError
 from runner.folder import files
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
+from runner.session import deadline
 from runner.session.database import Connection, backend_pid, connect, server_version
 from runner.session.lock import POOLER_MESSAGE, AdvisoryLock
 from runner.settings import Settings
 
 if TYPE_CHECKING:
     from runner.applying.watch import Watch
+
+
+RELEASE_S = 10.0  # the unlock answers in milliseconds; a lost one goes with its session
 
 
 def history_for(settings: Settings) -> History:
@@ -111,7 +115,8 @@ def locked(settings: Settings, history: History) -> Iterator[Session]:
         yield session
     finally:
         session.close()
-        lock.release()
+        with deadline.within(lock_conn, RELEASE_S):  # a stalled network: SPEC §10.2
+            lock.release()
         lock_conn.close()
 
 
