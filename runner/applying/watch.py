@@ -17,10 +17,10 @@ between `start()` and `stop()` the lock connection belongs to the watch thread a
 (the main thread only applies, on the work connection), and `stop()` joins the thread
 before it returns, so the main thread has it back before it releases the lock; every
 exit path (success, SQL error, SIGTERM / SIGINT, lost connection) leaves the `with`
-block of `Session.watching`, which calls `stop()`; it waits for the thread no longer than
-a watch query may take (`deadline.within` severs a lock connection that stopped
-answering), so a stalled network cannot hold the exit (§10.2). Signals are delivered to the main
-thread only, so the watch thread is never interrupted mid-query. The main thread
+block of `Session.watching`, which calls `stop()`; it waits for the thread no longer
+than a watch query may take (`deadline.within` severs a lock connection that stopped
+answering), so a stalled network cannot hold the exit (§10.2). Signals are delivered to
+the main thread only, so the watch thread is never interrupted mid-query. The main thread
 tells the watch which migration runs by swapping one attribute (`begin`/`end`); the
 watch logs only while the migration it sampled is still the current one, checked under
 a lock held for no more than that check and one log line.
