@@ -122,7 +122,8 @@ def test_proxy_that_stops_forwarding_after_the_commit_is_connection_lost_committ
         "002_seed.sql": "SELECT pg_sleep(2);\nINSERT INTO audit_log VALUES (2);\n",
         "003_more.sql": "INSERT INTO audit_log VALUES (3);",
     })
-    runner = Runner(proxy.url(db.name), folder)
+    term = folder / "term"
+    runner = Runner(proxy.url(db.name), folder, MIGRATE_TERMINATION_LOG=str(term))
     wait_for_statement(db, "SELECT pg_sleep(2)%")
     proxy.stall()
     stalled = time.monotonic()
@@ -133,6 +134,7 @@ def test_proxy_that_stops_forwarding_after_the_commit_is_connection_lost_committ
     assert elapsed < 60, f"{elapsed:.0f}s"
     assert (event["version"], event["committed"]) == (2, True), event
     assert "stalled" in event
+    assert "002_seed.sql" in term.read_text() and "committed: true" in term.read_text()
     assert db.query("SELECT n FROM audit_log") == [(2,)]
     assert db.query("SELECT version FROM migration_history ORDER BY 1") == [(1,), (2,)]
     assert db.scalar("SELECT count(*) FROM migration_audit WHERE NOT success") == 0
