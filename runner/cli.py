@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -14,14 +15,21 @@ from typing import Any, NoReturn
 import psycopg
 
 from runner import __version__
-from runner.errors import CONFIG, ConfigError, Interrupted, RunnerError
+from runner.errors import CONFIG, UNREACHABLE, ConfigError, Interrupted, RunnerError
 from runner.histories.history import client_host
 from runner.output import log, metrics, notify
-from runner.session import conninfo
+from runner.session import conninfo, deadline
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 TERMINATION_LIMIT = 4096
+# SIGTERM ends the process within 10 s in every state (SPEC §10.2). The cleanup (cancel,
+# rollback, audit row, unlock) takes milliseconds on a live network: a connection still
+# waiting SEVER_AFTER_S seconds after the signal waits on a stalled one and is severed;
+# a cleanup still running at HARD_EXIT_S is cut short.
+SEVER_AFTER_S = 3.0
+HARD_EXIT_S = 9.0
+_TIMERS: list[threading.Timer] = []  # cancelled as main() returns (it may run in-process)
 
 
 class Parser(argparse.ArgumentParser):
@@ -289,13 +297,44 @@ def _install_signal_handlers() -> None:
         if fired:  # one interruption; let its cleanup run undisturbed
             return
         fired = True
+        _bound_cleanup(signum)
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
 
+def _bound_cleanup(signum: int) -> None:
+    """Timers that bound what the interruption's cleanup may wait for."""
+    for delay, action in ((SEVER_AFTER_S, deadline.sever_all),
+                          (HARD_EXIT_S, lambda: _hard_exit(signum))):
+        timer = threading.Timer(delay, action)
+        timer.daemon = True
+        timer.start()
+        _TIMERS.append(timer)
+
+
+def _hard_exit(signum: int) -> None:
+    code = Interrupted(signum).exit_code
+    name = signal.Signals(signum).name
+    message = f"interrupted by {name}; cleanup cut short after {HARD_EXIT_S:g}s"
+    log.get().error("interrupted", signal=name, exit_code=code, error=message)
+    write_termination(message)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        for timer in _TIMERS:
+            timer.cancel()
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     log.configure("console" if sys.stderr.isatty() else "json")
     _install_signal_handlers()
@@ -321,10 +360,17 @@ def main(argv: list[str] | None = None) -> int:
         final = ("run_failed", fields)
     except psycopg.Error as exc:
         # The connection dropped or a bookkeeping query failed outside a migration.
-        code = 1
-        message = f"database error: {str(exc).strip() or exc.__class__.__name__}"
+        text = " ".join(str(exc).split()) or exc.__class__.__name__
         fields = {"sqlstate": exc.sqlstate}
-        final = ("run_failed", fields)
+        if isinstance(exc, psycopg.OperationalError) and (
+                exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))):
+            code = UNREACHABLE  # SPEC §10.2: a lost connection, a retry can help
+            message = f"connection to the database lost outside a migration: {text}"
+            final = ("connection_lost", fields)
+        else:
+            code = 1
+            message = f"database error: {str(exc).strip() or exc.__class__.__name__}"
+            final = ("run_failed", fields)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else CONFIG
     except Exception as exc:  # a bug: still a clear exit and termination message

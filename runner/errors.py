@@ -38,6 +38,10 @@ class UnreachableError(RunnerError):
     exit_code = UNREACHABLE
 
 
+class ConnectionLostError(UnreachableError):
+    """The connection died or stalled mid-run (SPEC §10.2): exit 3, a retry can help."""
+
+
 class LockTimeoutError(RunnerError):
     exit_code = LOCK_TIMEOUT
 

@@ -55,7 +55,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from runner.applying import indexes
+from runner.applying import indexes, outcome
 from runner.applying.sqlerror import AT_BOOKKEEPING, AT_COMMIT, sql_error, where
 from runner.errors import Interrupted, LockLostError, MigrationError
 from runner.folder.statements import Plan, Statement
@@ -158,6 +158,9 @@ class Applier:
         self.conn = conn
         self.watch = watch
         self.lock = lock
+        self.pid = conn.info.backend_pid  # known after the connection is lost, too
+        self.last_words = outcome.LastWords()  # a server's shutdown warning (SPEC §10.2)
+        conn.add_notice_handler(self.last_words)
         conn.prepare_threshold = None  # DEALLOCATE ALL in every reset
         # Fenced before the rows of a migration; only relocked before a failed attempt's
         # audit row, which records what happened and commits nothing of the migration.
@@ -268,8 +271,10 @@ class Applier:
                 self.left_behind = self._left_behind(after)
                 return _ms(started)
             except psycopg.Error as exc:
+                if outcome.is_lost(exc, self.conn):
+                    self._connection_lost(plan, way, exc, started)
                 self._roll_back()
-                if self._lost(exc):
+                if self._lock_gone(exc):
                     self._audit_failure(plan, way, _ms(started), "advisory lock lost")
                     self._lock_lost(plan, "rolled back, nothing of it committed")
                 failed = _unanswered(sent)
@@ -325,7 +330,7 @@ class Applier:
                 self.conn.execute("COMMIT")
         except psycopg.Error as exc:
             self._roll_back()
-            if self._lost(exc):
+            if self._lock_gone(exc):
                 self._lock_lost(plan, "not started")
             raise
         started = time.monotonic()
@@ -342,10 +347,12 @@ class Applier:
             current = None
             self.conn.execute("RESET statement_timeout")
         except psycopg.Error as exc:
+            if outcome.is_lost(exc, self.conn):
+                self._connection_lost(plan, way, exc, started, completed=done)
             error = sql_error(plan, current, exc, at)
             indexes.name_invalid(self.conn, plan, error, self.tables.cli)  # SPEC §10.5
             self._audit_failure(plan, way, _ms(started), error["message"])
-            if self._lost(exc):
+            if self._lock_gone(exc):
                 self._lock_lost(plan, f"cancelled part-way, after {done} of "
                                       f"{len(plan.statements)} statements; its history row "
                                       "stays `failed` for an operator (see `status`)")
@@ -366,10 +373,12 @@ class Applier:
                 self._record(plan, way, ms)
             self.left_behind = False
         except psycopg.Error as exc:
+            if outcome.is_lost(exc, self.conn):
+                self._connection_lost(plan, way, exc, started, completed=done)
             self._roll_back()
             error = sql_error(plan, None, exc, at)
             self._audit_failure(plan, way, ms, error["message"])
-            if self._lost(exc):
+            if self._lock_gone(exc):
                 self._lock_lost(plan, "ran all its statements, but its history row "
                                       "stays `failed`: it was not to commit without the "
                                       "lock")
@@ -404,7 +413,7 @@ class Applier:
             self.log.warning("audit_write_failed", **as_fields(plan.migration),
                              message=str(exc).strip())
 
-    def _lost(self, exc: psycopg.Error) -> bool:
+    def _lock_gone(self, exc: psycopg.Error) -> bool:
         """Whether `exc` came of the lock lost: the fence refused the COMMIT, or the watch
         found the lock's connection dead and cancelled the statement."""
         return is_fence_error(exc) or bool(self.watch and self.watch.lost)
@@ -433,6 +442,25 @@ class Applier:
         """The watch stops reporting this migration; the last blockers it saw."""
         return self.watch.end() if self.watch else []
 
+    def _connection_lost(self, plan: Plan, way: Direction, exc: psycopg.Error,
+                         started: float, completed: int | None = None) -> NoReturn:
+        """The connection died or stalled: not the file's error. Reconnects to learn
+        whether the migration committed (runner.applying.outcome); exit 3."""
+        self._watch_end()
+        stall = self.watch.stall if self.watch else None
+        partial = (None if completed is None else self._part_way(
+            way, plan.migration.version, completed, len(plan.statements)))
+        lock = self.watch.conn if self.watch else None
+        if self.watch and lock is not None:
+            self.watch.stop()  # the lock connection is ours again: ask it once
+            if not self.last_words.sqlstate and not exc.sqlstate:
+                outcome.probe(lock, self.last_words)
+        lock_lost = lock is not None and (lock.closed or lock.broken)
+        outcome.settle(self.settings, self.tables, plan, way.audit, exc, pid=self.pid,
+                       started=started, ms=_ms(started), last_words=self.last_words,
+                       stalled=stall.fields() if stall else {}, partial=partial,
+                       lock_pid=self.watch.lock_pid if self.watch and lock_lost else None)
+
     def _fail(self, error: dict[str, Any], way: Direction, **extra: Any) -> NoReturn:
         self._watch_end()  # nothing about this migration after its failure is logged
         # `migration_failed` for a rollback file too (direction: down): an alert on that
@@ -453,8 +481,13 @@ class Applier:
                      "then run again, or raise MIGRATE_DDL_LOCK_RETRIES (now "
                      f"{self.settings.ddl_lock_retries}) or MIGRATE_DDL_LOCK_TIMEOUT")
         if extra.get("partial"):
-            text += (f"; statements completed before it: {extra['completed']} of "
-                     f"{extra['statements']}; " + way.partial.format(
-                repair_failed=self.tables.cli("repair --failed"),
-                mark_applied=self.tables.cli(f"repair --mark-applied {error['version']}")))
+            text += "; " + self._part_way(way, error["version"], extra["completed"],
+                                          extra["statements"])
         raise MigrationError(text, **error)
+
+    def _part_way(self, way: Direction, version: int, completed: int, statements: int) -> str:
+        """What an operator does about a no-transaction file that stopped part-way."""
+        return (f"statements completed before it: {completed} of {statements}; "
+                + way.partial.format(
+                    repair_failed=self.tables.cli("repair --failed"),
+                    mark_applied=self.tables.cli(f"repair --mark-applied {version}")))

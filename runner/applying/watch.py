@@ -17,11 +17,17 @@ between `start()` and `stop()` the lock connection belongs to the watch thread a
 (the main thread only applies, on the work connection), and `stop()` joins the thread
 before it returns, so the main thread has it back before it releases the lock; every
 exit path (success, SQL error, SIGTERM / SIGINT, lost connection) leaves the `with`
-block of `Session.watching`, which calls `stop()`. Signals are delivered to the main
-thread only, so the watch thread is never interrupted mid-query. The main thread
+block of `Session.watching`, which calls `stop()`; it waits for the thread no longer
+than a watch query may take (`deadline.within` severs a lock connection that stopped
+answering), so a stalled network cannot hold the exit (§10.2). Signals are delivered to
+the main thread only, so the watch thread is never interrupted mid-query. The main thread
 tells the watch which migration runs by swapping one attribute (`begin`/`end`); the
 watch logs only while the migration it sampled is still the current one, checked under
 a lock held for no more than that check and one log line.
+
+The watch also finds a work connection whose answer is lost on the way (a proxy that
+stopped forwarding) and severs it: runner.applying.stall. A server's shutdown warning
+(57P01, 57P02) is the connection's end, not the migration's notice.
 
 The watch never slows or blocks the migration: its queries read statistics views on
 another backend, take no lock on anything the migration touches, and run with a short
@@ -47,9 +53,12 @@ from typing import Any
 
 import psycopg
 
+from runner.applying.outcome import is_shutdown
+from runner.applying.stall import STALL_S, Stall
 from runner.folder.statements import Plan, line_col
 from runner.histories.history import as_fields
 from runner.output import log
+from runner.session import deadline
 from runner.session.database import Connection
 
 TICK_S = 1.0
@@ -113,16 +122,20 @@ def _duration(seconds: float) -> str:
 
 class Watch:
     def __init__(self, conn: Connection, work_pid: int, progress_interval: float,
-                 cancel: Callable[[], None] | None = None) -> None:
+                 cancel: Callable[[], None] | None = None,
+                 work: Connection | None = None) -> None:
         """`conn`: the lock connection, idle while migrations run; `work_pid`: the backend
         to watch; `progress_interval`: seconds between `migration_progress` (0: none);
-        `cancel`: cancels the work connection's statement when the lock is lost."""
+        `cancel`: cancels the work connection's statement when the lock is lost; `work`:
+        the work connection, severed when its answer is lost (stall.py)."""
         self.conn = conn
         self.cancel = cancel
         # Why the lock is gone, once the lock connection was found dead (SPEC §10.1); set
         # before `cancel` is called, so the main thread sees it with the cancelled error.
         self.lost: str | None = None
+        self.lock_pid = conn.info.backend_pid  # libpq says 0 once the connection is lost
         self.work_pid = work_pid
+        self.stall = Stall(conn, work, work_pid) if work is not None else None
         self.progress_interval = progress_interval
         self.tick = min(TICK_S, progress_interval) if progress_interval > 0 else TICK_S
         self.running: Running | None = None
@@ -145,10 +158,15 @@ class Watch:
 
     def stop(self) -> None:
         """Stop the thread and wait for it: the lock connection is the caller's again.
-        Returns within one watch query's statement_timeout."""
+        Returns within one watch query's statement_timeout on a live network, within
+        STALL_S (seconds) on a stalled one; a thread still running then has its lock
+        connection severed, so it cannot hold the caller's next query on it."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=STALL_S + 1)
+            if self._thread.is_alive():
+                deadline.handle(self.conn).sever()
+                self._thread.join(timeout=1)
             self._thread = None
 
     def begin(self, plan: Plan) -> None:
@@ -169,7 +187,7 @@ class Watch:
     def notice(self, diag: psycopg.errors.Diagnostic) -> None:
         """psycopg's notice handler of the work connection (called in the main thread)."""
         running = self.running
-        if running is None:
+        if running is None or is_shutdown(diag):
             return
         severity = diag.severity_nonlocalized or diag.severity or "NOTICE"
         emit = self.log.warning if severity == "WARNING" else self.log.info
@@ -180,29 +198,38 @@ class Watch:
     def _loop(self) -> None:
         try:
             while not self._stop.wait(self.tick):
+                if self.stall is not None:
+                    self.stall.tick(time.monotonic())
                 running = self.running
                 if running is not None and (on_tick := self.on_tick) is not None:
                     on_tick()
+                if self.conn.closed or self.conn.broken:
+                    continue  # lost, and said so once; the stall check above goes on
                 try:
-                    if running is None or time.monotonic() - running.started < 0.9 * self.tick:
-                        # Between and during short migrations the lock connection is
-                        # still asked every tick: a dead one is found within seconds.
-                        self.conn.execute("SELECT 1")
-                        continue
-                    row = self._sample()
+                    with deadline.within(self.conn, STALL_S):
+                        if (running is None
+                                or time.monotonic() - running.started < 0.9 * self.tick):
+                            # Between and during short migrations the lock connection is
+                            # still asked every tick: a dead one is found within seconds.
+                            self.conn.execute("SELECT 1")
+                            continue
+                        row = self._sample()
                 except psycopg.Error as exc:
                     if self.conn.broken or self.conn.closed:
                         self._lose(exc, running)
-                        return
+                        if self.stall is not None:
+                            self.stall.lock_lost(time.monotonic())
+                        continue
                     self.log.debug("watch_failed", message=str(exc).strip())
                     continue
                 if row is not None:
                     self._report(running, row)
         finally:
-            if self._limited:
+            if self._limited and not (self.conn.closed or self.conn.broken):
                 try:
-                    for statement in _UNLIMIT:
-                        self.conn.execute(statement)
+                    with deadline.within(self.conn, STALL_S):
+                        for statement in _UNLIMIT:
+                            self.conn.execute(statement)
                 except psycopg.Error as exc:
                     self.log.debug("watch_failed", message=str(exc).strip())
 

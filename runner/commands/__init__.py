@@ -21,6 +21,7 @@ from runner.folder import files
 from runner.histories import choice
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
+from runner.session import deadline
 from runner.session.database import (
     TOO_MANY_CONNECTIONS,
     Connection,
@@ -34,6 +35,9 @@ from runner.settings import Settings
 
 if TYPE_CHECKING:
     from runner.applying.watch import Watch
+
+
+RELEASE_S = 10.0  # the unlock answers in milliseconds; a lost one goes with its session
 
 
 def _build(fmt: str, settings: Settings, sqlx_schema: str | None = None) -> History:
@@ -193,7 +197,7 @@ class Session:
             yield None
             return
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
-                      cancel=lambda: work.cancel_safe(timeout=5))
+                      cancel=lambda: work.cancel_safe(timeout=5), work=work)
         work.add_notice_handler(watch.notice)
         watch.start()
         try:
@@ -242,7 +246,8 @@ def locked(settings: Settings, conn: Connection | None = None,
         yield session
     finally:
         session.close()
-        lock.release()
+        with deadline.within(lock_conn, RELEASE_S):  # a stalled network: SPEC §10.2
+            lock.release()
         lock_conn.close()
 
 

@@ -13,7 +13,7 @@ import psycopg
 
 from runner.errors import ConfigError, UnreachableError
 from runner.output import log
-from runner.session import connect_failure, environment
+from runner.session import connect_failure, deadline, environment
 from runner.session import conninfo as cinfo
 from runner.settings import Settings
 
@@ -23,13 +23,17 @@ if TYPE_CHECKING:
 Connection = psycopg.Connection[tuple[Any, ...]]
 APPLICATION_NAME = "migration-runner"
 # libpq keepalives on our end; the same numbers for the server's end: a dead peer is
-# noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows.
+# noticed within idle + interval * count = 25 s, inside the 60 s the SPEC allows (§10.2).
+# Keepalives only probe an idle socket: while sent data waits for its acknowledgement
+# (a query sent into a network that drops packets) the kernel retransmits for ~15
+# minutes instead. `tcp_user_timeout` (ms, Linux; ignored elsewhere) ends that wait too,
+# and caps the keepalives' own verdict at the same 30 s (tcp(7), TCP_USER_TIMEOUT).
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+             "keepalives_count": 3, "tcp_user_timeout": 30_000}
 # Told of every connection opened in this context (fleet mode: to cancel a target's
 # statements on SIGTERM from the thread that received it).
 OPENED: ContextVar[Callable[[psycopg.Connection[Any]], None] | None] = ContextVar(
     "opened", default=None)
-KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-             "keepalives_count": 3}
 
 TOO_MANY_CONNECTIONS = "53300"
 # What the server refused of the startup parameters, so that the run's next connection
@@ -162,6 +166,7 @@ def connect(settings: Settings, purpose: str, look: str | None = None,
         getattr(logger, look or "info")(
             "session_settings", settings=looked[0].differing,
             message="role or database settings the runner's sessions override")
+    deadline.track(conn)
     opened = OPENED.get()
     if opened is not None:
         opened(conn)
