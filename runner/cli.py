@@ -215,7 +215,8 @@ def build_parser(only: str | None = None) -> Parser:
     p.add_argument("--mark-applied", type=_version, metavar="V",
                    help="record failed version V as applied with its file's checksum (after "
                    "finishing it by hand); refused unless V is `failed`")
-    p = command("new", _new, "write the next NNN_description.sql and its rollback file")
+    p = command("new", _new, "write the next migration and its rollback file, in the "
+                "folder's layout (NNN_x.up.sql / .down.sql, or NNN_x.sql / _rollback.sql)")
     p.add_argument("description", metavar="DESCRIPTION",
                    help="letters, digits, _ and -, e.g. add_study_notes")
     p.add_argument("--number", type=_version, metavar="V",

@@ -283,6 +283,9 @@ def test_statement_timeout_fails_the_migration(db: Db, migrations: Files) -> Non
     result = run(db.url, folder, MIGRATE_STATEMENT_TIMEOUT="300ms")
     assert result.code == 1
     assert result.event("migration_failed")["sqlstate"] == "57014"
+    # The last word names the limit and what to do about it.
+    error = result.event("run_failed")["error"]
+    assert "MIGRATE_STATEMENT_TIMEOUT=0.3s: raise it, or set 0 for none" in error, error
 
 
 def test_session_settings_application_name_and_keepalives(db: Db, migrations: Files) -> None:

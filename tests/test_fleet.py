@@ -275,6 +275,25 @@ def test_closed_port_among_the_targets(sites: Sites, tmp_path: Path) -> None:
     assert PASSWORD not in result.stdout + result.stderr + out.read_text()
 
 
+def test_a_database_that_does_not_exist_fails_for_good(sites: Sites, tmp_path: Path) -> None:
+    """3D000 is the server's final word (SPEC §3), in a fleet too: no retry at the end of
+    the shard, exit 7 (the Indexed Job fails that index instead of retrying it), and the
+    message says the fleet never creates databases."""
+    typo = f"{sites.names[0]}_typo"
+    out = tmp_path / "summary.json"
+    result = fleet(sites, MIGRATE_TARGETS=",".join([*sites.names, typo]),
+                   MIGRATE_SUMMARY_FILE=str(out), MIGRATE_ON_ERROR="continue")
+    assert result.code == 7, result.stderr
+    entry = by_target(summary(out))[typo]
+    assert (entry["status"], entry["exit_code"]) == ("failed", 3)
+    assert entry["error"]["sqlstate"] == "3D000"
+    assert "never creates databases" in entry["error"]["message"]
+    starts = [e for e in result.events
+              if e["event"] == "target_started" and e["target"] == typo]
+    assert len(starts) == 1
+    assert sites.versions() == {n: 3 for n in sites.names}
+
+
 # --- the other commands ----------------------------------------------------------------
 
 def test_status_after_a_partial_run(sites: Sites) -> None:

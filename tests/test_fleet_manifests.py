@@ -64,7 +64,8 @@ def test_indexed_job_shards_the_fleet() -> None:
     assert env["MIGRATE_ON_ERROR"] == "continue"
     assert "MIGRATE_SHARD_INDEX" not in env  # JOB_COMPLETION_INDEX, set by Kubernetes
     assert env["DATABASE_URL"]["secretKeyRef"] == {"name": "pacs-fleet-database", "key": "url"}
-    assert "registry.example.com/pacs/migration-runner" in runner(job)["image"]
+    # The release's migrations image, pinned next to the app's (k8s/overlays/prod/images).
+    assert "registry.example.com/pacs/pacs-server-migrations:" in runner(job)["image"]
 
 
 def test_canary_then_fleet_then_status_gate() -> None:

@@ -181,6 +181,12 @@ def test_a_run_killed_in_a_no_transaction_file_says_what_to_do_next(
         "AND datname = %s", (db.name,))), what="the file's statement running")
     runner.proc.send_signal(signal.SIGKILL)
     assert runner.finish().code == -signal.SIGKILL
+    # While the killed run's statement still runs on the server, the next run waits for it
+    # (SPEC §10.1, exit 4); once the server noticed the dead client (keepalives,
+    # client_connection_check_interval) the row is the operator's.
+    wait_until(lambda: not db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' "
+        "AND datname = %s", (db.name,)), timeout=30, what="the killed run's statement ended")
     refused = run(db.url, folder, "migrate", MIGRATE_LOCK_TIMEOUT="60s")
     assert refused.code == 5, refused.stderr
     error = refused.event("run_failed")["error"]

@@ -407,6 +407,9 @@ class Applier:
                      f"MIGRATE_DDL_LOCK_TIMEOUT={self.settings.ddl_lock_timeout:g}s: {whom}, "
                      "then run again, or raise MIGRATE_DDL_LOCK_RETRIES (now "
                      f"{self.settings.ddl_lock_retries}) or MIGRATE_DDL_LOCK_TIMEOUT")
+        if error["sqlstate"] == "57014" and self.settings.statement_timeout > 0:
+            text += (f"; the limit is MIGRATE_STATEMENT_TIMEOUT="
+                     f"{self.settings.statement_timeout:g}s: raise it, or set 0 for none")
         if extra.get("partial"):
             text += "; " + self._part_way(way, error["version"], extra["completed"],
                                           extra["statements"])

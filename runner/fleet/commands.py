@@ -74,7 +74,7 @@ def each(settings: Settings, command: str, run: Callable[[Settings], int],
         o.tries = 1
         try:
             o.exit_code = run(o.target.settings(settings))
-            o.status = "applied"
+            o.status = "done"
         except RunnerError as exc:
             o.status, o.exit_code = "failed", exc.exit_code
             o.error = error_of(exc)

@@ -14,13 +14,14 @@ from typing import Any
 
 from runner.errors import LOCK_TIMEOUT, OK, TARGETS_FAILED, UNREACHABLE
 from runner.fleet.run import OK as DONE
-from runner.fleet.run import TRANSIENT, Outcome
+from runner.fleet.run import Outcome
 from runner.fleet.targets import Selection
 from runner.histories.history import client_host, plural
 from runner.output import log, metrics, notify
 from runner.settings import Settings
 
-STATUSES = ("failed", "interrupted", "not_started", "applied", "ahead", "up_to_date")
+STATUSES = ("failed", "interrupted", "not_started", "applied", "done", "ahead",
+            "up_to_date")
 PUBLISHED = False  # the run's metrics and webhook went out here, not per process
 _SHOWN_FAILURES = 20  # in the termination line and the webhook; the summary has them all
 
@@ -31,7 +32,7 @@ def exit_code(outcomes: list[Outcome]) -> int:
     failed = [o for o in outcomes if o.status == "failed"]
     if not failed:
         return OK
-    if any(o.exit_code not in TRANSIENT for o in failed):
+    if any(not o.transient for o in failed):
         return TARGETS_FAILED
     return LOCK_TIMEOUT if all(o.exit_code == LOCK_TIMEOUT for o in failed) else UNREACHABLE
 
@@ -82,8 +83,9 @@ def table(outcomes: list[Outcome]) -> str:
     header = ("TARGET", "STATUS", "EXIT", "VERSION", "APPLIED", "DURATION", "ERROR")
     cells = []
     for o in ordered(outcomes):
-        version = (f"{o.version_before}->{o.version_after}" if o.version_after is not None
-                   and o.version_after != o.version_before else str(o.version_before or "-"))
+        before = "-" if o.version_before is None else str(o.version_before)
+        version = (f"{before}->{o.version_after}" if o.version_after is not None
+                   and o.version_after != o.version_before else before)
         error = o.error["message"] if o.error else ""
         cells.append((o.target.name, o.status, "-" if o.exit_code is None else str(o.exit_code),
                       version, str(o.applied), f"{o.duration_ms} ms", error))

@@ -42,8 +42,11 @@ from runner.session import database
 from runner.session.database import Connection
 from runner.settings import Settings
 
-OK = ("up_to_date", "applied", "ahead")
+OK = ("up_to_date", "applied", "ahead", "done")  # done: rollback, baseline, repair
 TRANSIENT = (UNREACHABLE, LOCK_TIMEOUT)
+# Refused for good (SPEC §3: credentials, no such database, no CONNECT): a retry of the
+# target meets the same answer, so it is no transient failure whatever its exit code.
+REFUSED = ("28P01", "28000", "3D000", "42501")
 _DEFER_FIRST_S, _DEFER_MAX_S = 0.5, 10.0
 _GRACE_S = 25.0  # in-flight targets stopping after a signal, inside Kubernetes' 30 s
 _CANCEL_AFTER_S = 1.0  # then their statements are cancelled from here
@@ -65,7 +68,8 @@ class Outcome:
 
     @property
     def transient(self) -> bool:
-        return self.status == "failed" and self.exit_code in TRANSIENT
+        return (self.status == "failed" and self.exit_code in TRANSIENT
+                and (self.error or {}).get("sqlstate") not in REFUSED)
 
 
 @dataclass
@@ -106,7 +110,11 @@ def precheck(conn: Connection, history: History, migrations: list[Migration],
 
 def error_of(exc: RunnerError) -> dict[str, Any]:
     """The summary's `error` of a target's failure: where (when a file's) and what."""
-    return plain_error(exc.message, exc.fields.get("sqlstate"), file=exc.fields.get("file"),
+    message = exc.message
+    if exc.fields.get("sqlstate") == "3D000":
+        message += ("; fleet mode never creates databases: create it, or take it off the "
+                    "target list")
+    return plain_error(message, exc.fields.get("sqlstate"), file=exc.fields.get("file"),
                        line=exc.fields.get("line"), column=exc.fields.get("column"))
 
 

@@ -143,7 +143,7 @@ def connect(settings: Settings, purpose: str, look: str | None = None,
             conn = _retry(exc, attempt, retryable, left, before_sleep)
     except environment.Standby as exc:
         raise UnreachableError(
-            f"database {target} is {exc.what}: {purpose} needs a primary it can write to, "
+            f"database {target} is {exc.what}: this command writes and needs a primary, "
             f"and none came within {wait_timeout:g}s (MIGRATE_WAIT_TIMEOUT); point "
             "DATABASE_URL at the primary (the cluster's writer endpoint), or wait for the "
             "failover to end", target=target, reason="standby") from None
