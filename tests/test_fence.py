@@ -41,7 +41,9 @@ def lock_pid(db: Db) -> int:
 
 
 def terminate(db: Db, pid: int) -> None:
-    assert db.scalar("SELECT pg_terminate_backend(%s)", (pid,))
+    """The backend ended and gone, its locks released: pg_terminate_backend only signals
+    it unless given a timeout (ms, PostgreSQL 14+), then waits for it to exit."""
+    assert db.scalar("SELECT pg_terminate_backend(%s, 30000)", (pid,))
 
 
 def sleeping(db: Db, pattern: str = "SELECT pg_sleep%%") -> int:
