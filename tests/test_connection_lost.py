@@ -343,3 +343,27 @@ def test_sockets_give_up_on_a_dead_peer_within_60s(db: Db) -> None:
         user_timeout_s = option("TCP_USER_TIMEOUT") / 1000
         keepalive_s = option("TCP_KEEPIDLE") + option("TCP_KEEPINTVL") * option("TCP_KEEPCNT")
     assert 0 < user_timeout_s <= 60 and 0 < keepalive_s <= 60
+
+
+def test_proxy_that_stops_forwarding_while_the_runner_waits_for_the_lock(
+        db: Db, migrations: Files, proxy: Proxy) -> None:
+    """Before any migration: the lock's poll gets no answer. The wait ends within the
+    poll's bound as a lost connection, not at MIGRATE_LOCK_TIMEOUT, and not never."""
+    folder = migrations({"001_slow.sql": "SELECT pg_sleep(60);\n"})
+    holder = Runner(db.url, folder)
+    try:
+        wait_for_statement(db, "SELECT pg_sleep(60)%")
+        waiting = Runner(proxy.url(db.name), folder, MIGRATE_LOCK_TIMEOUT="600",
+                         MIGRATE_WAIT_TIMEOUT="5")
+        waiting.wait_for_event("lock_waiting")
+        proxy.stall()
+        stalled = time.monotonic()
+        result = waiting.finish(timeout=90)
+        assert result.code == 3, result.stderr
+        assert time.monotonic() - stalled < 40
+        assert "connection_lost" in result.names(), result.stderr
+        assert "migration_started" not in result.names()
+    finally:
+        holder.proc.send_signal(signal.SIGTERM)
+        holder.finish(timeout=30)
+

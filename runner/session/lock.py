@@ -20,9 +20,12 @@ from psycopg import sql
 
 from runner.errors import ConfigError, LockTimeoutError
 from runner.output import log
+from runner.session import deadline
 from runner.session.database import Connection, backend_pid
 
 REPORT_EVERY_S = 10.0
+# A poll answers in milliseconds; one this late is from a peer that stopped answering.
+ANSWER_S = 10.0
 POOLER_MESSAGE = (
     "the database session changes between transactions: a transaction-pooling proxy "
     "(PgBouncer pool_mode=transaction) stands between the runner and PostgreSQL, and a "
@@ -129,6 +132,10 @@ class AdvisoryLock:
         self.channel = f"migration_runner_{self.key & 0xFFFFFFFFFFFFFFFF:016x}"
 
     def acquire(self, timeout: float) -> None:
+        """Poll with pg_try_advisory_lock until held, or LockTimeoutError after `timeout`
+        seconds. Each poll's answer is awaited ANSWER_S at most: a connection whose peer
+        stopped answering while we wait (a proxy that holds the socket) is severed, and
+        the wait ends in psycopg's OperationalError, a lost connection (SPEC §10.2)."""
         logger = log.get()
         self.pid = pid = backend_pid(self.conn)
         started = time.monotonic()
@@ -139,16 +146,21 @@ class AdvisoryLock:
             now = time.monotonic()
             waited = now - started
             if now >= next_report:
+                with deadline.within(self.conn, ANSWER_S):
+                    holder = _holder(self.conn, self.key)
                 logger.info("lock_waiting", waited_s=round(waited, 1), lock_key=self.key,
-                            **_holder(self.conn, self.key))
+                            **holder)
                 next_report = now + REPORT_EVERY_S
             if waited >= timeout:
+                with deadline.within(self.conn, ANSWER_S):
+                    holder = _holder(self.conn, self.key)
                 raise LockTimeoutError(
                     f"advisory lock not acquired within {timeout:g}s: another runner holds it "
                     "(see lock_waiting for its pid); raise MIGRATE_LOCK_TIMEOUT or stop it",
-                    **_holder(self.conn, self.key))
+                    **holder)
             if not listening:  # then try once more: a release in between is not missed
-                self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                with deadline.within(self.conn, ANSWER_S):
+                    self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 listening = True
                 continue
             pause = min(delay * random.uniform(0.5, 1.5), timeout - waited)
@@ -186,7 +198,8 @@ class AdvisoryLock:
         return f"pg_catalog.pg_try_advisory_lock({self.key})" if self.single else "true"
 
     def _try(self) -> bool:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        with deadline.within(self.conn, ANSWER_S):
+            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         return bool(row and row[0])
 
     def _check_same_session(self, pid: int) -> None:
