@@ -60,12 +60,18 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
         pending = read_state(history, applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
         if pending or not applied:  # an empty history: the tables may be missing too
+            from concurrent.futures import ThreadPoolExecutor
+
             from runner.applying import partitioned
             from runner.applying.apply import Applier
 
-            work = session.work  # opening it refuses a pooler before anything is created
-            history.ensure(work)
-            plans = history.plan(pending)
+            # Lexing, all CPU, runs while the main thread waits on the server: for the
+            # work connection and for the tables. Its ValidationError comes out here.
+            with ThreadPoolExecutor(1, thread_name_prefix="lex") as pool:
+                lexed = pool.submit(history.plan, pending)
+                work = session.work  # opening it refuses a pooler before anything is made
+                history.ensure(work)
+                plans = lexed.result()
             partitioned.refuse(work, plans)  # the catalog's word, before anything runs
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
