@@ -48,18 +48,21 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(hi)s AND l.objid =
 # would have committed without the lock. current_setting() of a name nobody sets raises
 # 42704 naming it, so the server's log says what happened too.
 #
-# The lock connection takes, with the lock, a second session lock on a key of its own run
-# (`AdvisoryLock.fence_key`, random: no other session ever asks for it). A work session's
-# try for that key, shared and for its transaction, then fails exactly while the lock
-# connection's backend lives and holds its locks: a backend that died, was ended for
-# being idle, or was handed back to a pool (whose reset releases its locks) lets the try
-# succeed, and the fence fails. The lock server's answer, not a flag of ours; and a look
-# up of one key, where pg_locks copies the server's whole lock table, taking every lock
-# partition (the fence costs every migration's transaction: ~10% of applying small files).
+# The lock connection takes, right after the lock, a second session lock on a key of its
+# own run (`AdvisoryLock.fence_key`, random: no other session ever asks for it), and lets
+# it go first. A work session's tries for both keys, shared and for its transaction, fail
+# exactly while someone holds the lock and the lock connection's backend lives and holds
+# its locks: that is, while the lock connection holds the lock. A backend that died, was
+# ended for being idle, or was handed back to a pool (whose reset releases its locks)
+# lets a try succeed, and the fence fails. The lock server's answer, not a flag of ours;
+# and two look-ups of one key, where pg_locks copies the server's whole lock table,
+# taking every lock partition (every migration's transaction pays for the fence: that
+# was ~10% of applying small files).
 LOST_SETTING = "migration_runner.advisory_lock_lost"
 _FENCE = ("(CASE WHEN {held} THEN true ELSE "
           "pg_catalog.current_setting('" + LOST_SETTING + "')::bool END)")
-_HELD_BY_LOCK_CONNECTION = "NOT pg_catalog.pg_try_advisory_xact_lock_shared({fence_key})"
+_HELD_BY_LOCK_CONNECTION = ("NOT pg_catalog.pg_try_advisory_xact_lock_shared({key}) AND "
+                            "NOT pg_catalog.pg_try_advisory_xact_lock_shared({fence_key})")
 # On a single connection, which would get its own lock again, the catalog is asked.
 _HELD_BY = """EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory'
   AND granted AND pid = {pid} AND classid = {hi} AND objid = {lo} AND objsubid = 1
@@ -191,7 +194,8 @@ class AdvisoryLock:
         a migration's or the history's rows, before its COMMIT."""
         if self.single:
             return _FENCE.format(held=_HELD_BY.format(pid=self.pid, **_halves(self.key)))
-        return _FENCE.format(held=_HELD_BY_LOCK_CONNECTION.format(fence_key=self.fence_key))
+        return _FENCE.format(held=_HELD_BY_LOCK_CONNECTION.format(key=self.key,
+                                                                  fence_key=self.fence_key))
 
     def fence_after_unlock(self) -> str:
         """The fence right after the session reset's pg_advisory_unlock_all(): on one
