@@ -53,6 +53,8 @@ def report(b: Bench, logged: tuple[int, int]) -> None:
     ratio("per-file floor / one-transaction floor", per_file, single)
     ratio("async-but-last floor / one-transaction floor",
           "psql, per file, async commit but last", single)
+    ratio("applying the files / one-transaction floor",
+          "  apply-all: migrations_pending -> complete", single)
     ratio("race / apply-all", "race", "apply-all")
     if "apply-all (before)" in b.samples:
         ratio("apply-all / apply-all of --before's build", "apply-all", "apply-all (before)")

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import psycopg
 from peers import Peer, install_peers
@@ -49,6 +50,21 @@ if __name__ == "__main__":
 """
 ROWS = 10  # rows each generated migration inserts
 GNU_TIME = shutil.which("time")  # Debian's `time` package
+
+
+def events(log: Path, start: int = 0) -> list[dict[str, Any]]:
+    """The JSON events of a runner's log, from byte `start` on."""
+    found = []
+    with log.open("rb") as f:
+        f.seek(start)
+        for line in f.read().decode().splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+    return found
+
+
+def at(e: dict[str, Any]) -> float:
+    return datetime.datetime.fromisoformat(e["timestamp"]).timestamp()
 
 
 class BenchCluster(Cluster):
@@ -260,9 +276,13 @@ class Bench:
     def apply_all_and_noop(self) -> None:
         db = self.fresh_db()
         env = self.runner_env(db)
-        p = self.run([str(self.runner), "migrate"], env, log="runner-apply.log", rss=True)
+        log = self.work / "runner-apply.log"
+        seen = log.stat().st_size if log.exists() else 0
+        spawned = time.time()
+        p = self.run([str(self.runner), "migrate"], env, log=log.name, rss=True)
         self.check("apply-all", db, [p.code])
         self.add("apply-all", p.seconds)
+        self.apply_phases(events(log, seen), spawned)
         self.add("apply-all peak RSS", p.rss_kib / 1024)
         for _ in range(3):  # cheap, and the number every pod start pays: more samples
             p = self.run([str(self.runner), "migrate"], env, log="runner-noop.log")
@@ -296,19 +316,21 @@ class Bench:
         self.race_phases(self.work / log, spawned, time.time())
         self.drop_db(db)
 
+    def apply_phases(self, logged: list[dict[str, Any]], spawned: float) -> None:
+        """Where apply-all's time goes, from its own events: everything before the first
+        file (start-up, connecting, the lock, the history, lexing), then the files."""
+        pending = [at(e) for e in logged if e.get("event") == "migrations_pending"]
+        done = [at(e) for e in logged if e.get("event") == "migrations_complete"]
+        if pending and done:
+            self.add("  apply-all: start -> migrations_pending", pending[0] - spawned)
+            self.add("  apply-all: migrations_pending -> complete", done[0] - pending[0])
+
     def race_phases(self, log: Path, spawned: float, ended: float) -> None:
         """Where the race's wall time goes, from the runners' own events: start-up until
         the winner holds the lock, its migrations, and the hand-off until the last exit."""
-        events = []
-        for line in log.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))
-
-        def at(e: dict[str, str]) -> float:
-            return datetime.datetime.fromisoformat(e["timestamp"]).timestamp()
-
-        locks = [at(e) for e in events if e.get("event") == "lock_acquired"]
-        done = [at(e) for e in events if e.get("event") == "migrations_complete"
+        logged = events(log)
+        locks = [at(e) for e in logged if e.get("event") == "lock_acquired"]
+        done = [at(e) for e in logged if e.get("event") == "migrations_complete"
                 and e.get("applied")]
         if locks and done:
             self.add("  race: start -> first lock_acquired", min(locks) - spawned)

@@ -11,55 +11,42 @@ catalog (`pg_class.relkind` `p` or `I`), before the first pending file is applie
 
 from __future__ import annotations
 
-import json
-
 from psycopg import sql
 
 from runner.errors import ValidationError
-from runner.folder import split, transaction_block
+from runner.folder import transaction_block
 from runner.folder.statements import Plan, line_col
 from runner.session.database import Connection
 
 _RELKIND = "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
-_WORDS = ("CREATE", "REINDEX", "CLUSTER")  # what the check reads; the rest is not parsed
 
 
 def problems(conn: Connection, plans: list[Plan]) -> list[str]:
     """`file:line:column: ...` for each REINDEX / CLUSTER of a partitioned relation in a
-    transactional plan: created so by an earlier pending file, or so in the database."""
-    from pglast.parser import ParseError, parse_sql_json
-
+    transactional plan: created so by an earlier pending file, or so in the database.
+    From what lexing kept of each plan (`Plan.catalog`): no file is parsed again."""
     known = transaction_block.Partitioned()
     found: list[str] = []
     for plan in plans:
-        for statement in plan.statements:
-            first = split.first_keyword(statement.sql)
-            if first is not None and first[0] not in _WORDS:
-                continue
-            try:
-                stmts = json.loads(parse_sql_json(statement.sql)).get("stmts", [])
-            except ParseError:
-                continue
-            for raw in stmts:
-                node = next(iter(raw["stmt"].items()))
-                target = transaction_block.maintenance(node)
-                if plan.transactional and target is not None:
-                    refusal = known.refusal(node)
-                    name, rel, relkind = target
-                    qualified = sql.Identifier(*(part for part in rel if part)).as_string(None)
-                    row = conn.execute(_RELKIND, (qualified,)).fetchone()
-                    if refusal is None and row is not None and row[0] == relkind:
-                        refusal = (f"{name} of the partitioned "
-                                   f"{'table' if relkind == 'p' else 'index'} "
-                                   + ".".join(part for part in rel if part))
-                    if refusal is not None:
-                        line, column = line_col(plan.migration.text, statement.offset)
-                        found.append(
-                            f"{plan.migration.file}:{line}:{column}: {refusal} cannot run "
-                            "inside a transaction block (PostgreSQL refuses it with 25001); "
-                            "move it to its own file whose first line is "
-                            "`-- migrate:no-transaction`")
-                known.note(node)
+        for offset, node in plan.catalog:
+            target = transaction_block.maintenance(node)
+            if plan.transactional and target is not None:
+                refusal = known.refusal(node)
+                name, rel, relkind = target
+                qualified = sql.Identifier(*(part for part in rel if part)).as_string(None)
+                row = conn.execute(_RELKIND, (qualified,)).fetchone()
+                if refusal is None and row is not None and row[0] == relkind:
+                    refusal = (f"{name} of the partitioned "
+                               f"{'table' if relkind == 'p' else 'index'} "
+                               + ".".join(part for part in rel if part))
+                if refusal is not None:
+                    line, column = line_col(plan.migration.text, offset)
+                    found.append(
+                        f"{plan.migration.file}:{line}:{column}: {refusal} cannot run "
+                        "inside a transaction block (PostgreSQL refuses it with 25001); "
+                        "move it to its own file whose first line is "
+                        "`-- migrate:no-transaction`")
+            known.note(node)
     return found
 
 

@@ -30,8 +30,8 @@ are off on the work connection: `DEALLOCATE ALL` would drop them behind its back
 
 The fence (SPEC §10.1). Nothing commits unless the runner holds the advisory lock at
 that moment: the reset's SELECT, in the migration's transaction before its history row
-and COMMIT, checks `pg_locks` for the lock held by the lock connection's backend and
-fails the transaction when it is not (runner.session.lock, `AdvisoryLock.fence`). It
+and COMMIT, checks that the lock connection's backend holds the lock and fails the
+transaction when it does not (runner.session.lock, `AdvisoryLock.fence`). It
 rides in the SELECT the migration sends anyway, so a migration is still one round trip.
 On a single connection (a connection limit of one), where `pg_advisory_unlock_all()`
 would drop the lock itself, the same place takes it again, and fails if it cannot. The

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from runner.applying import partitioned
-from runner.applying.apply import Applier
 from runner.commands import (
     history_for,
     locked,
@@ -38,7 +36,11 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
     folder_history = history_for(settings)
     if migrations is None:
         migrations = folder_history.load(settings.migrations_path)
+    # The applying stage is imported only where a file is planned: a pod start with
+    # nothing pending, the common case, does not pay for it (~10 ms).
     if dry_run:
+        from runner.applying import partitioned
+
         with read_only(settings, "dry-run") as conn:
             history = settle(settings, conn)
             migrations = settled_files(history, folder_history, migrations, settings)
@@ -58,9 +60,18 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
         pending = read_state(history, applied, migrations, settings, to).comparison.pending
         plans: list[statements.Plan] = []
         if pending or not applied:  # an empty history: the tables may be missing too
-            work = session.work  # opening it refuses a pooler before anything is created
-            history.ensure(work)
-            plans = history.plan(pending)
+            from concurrent.futures import ThreadPoolExecutor
+
+            from runner.applying import partitioned
+            from runner.applying.apply import Applier
+
+            # Lexing, all CPU, runs while the main thread waits on the server: for the
+            # work connection and for the tables. Its ValidationError comes out here.
+            with ThreadPoolExecutor(1, thread_name_prefix="lex") as pool:
+                lexed = pool.submit(history.plan, pending)
+                work = session.work  # opening it refuses a pooler before anything is made
+                history.ensure(work)
+                plans = lexed.result()
             partitioned.refuse(work, plans)  # the catalog's word, before anything runs
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),

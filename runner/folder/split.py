@@ -8,8 +8,9 @@ no tree), and each piece is parsed on its own, its tree dropped before the next 
 The scanner cuts inside a `BEGIN ATOMIC ... END` body, whose semicolons only the
 grammar tells from a statement's end: a piece the parser finds cut short ("at end of
 input") is parsed again with the pieces after it, doubling, until it parses or reaches
-the end of the file. An INSERT, which no check looks into, is only checked to parse (in
-C: no JSON, no Python objects).
+the end of the file. No check looks into an INSERT: a large one is only checked to parse
+(in C: no JSON, no Python objects), and every INSERT's node is given without its fields,
+so what the checks see does not depend on the statement's size.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ Node = tuple[str, dict[str, Any]]  # (node type, its fields), as libpg_query's J
 # are the UTF-8 byte offsets, so pglast's split never maps bytes to characters itself
 # (its map costs a tuple per byte of such characters).
 _ASCII = bytes(range(128)) + b"x" * 128
-_INSERT: Node = ("InsertStmt", {})  # the node of an INSERT that was only checked to parse
-_HEAD = 200  # characters of a piece scanned to find its first keyword
+_INSERT: Node = ("InsertStmt", {})  # an INSERT's node as the checks get it
+_HEAD = 32  # characters of a piece first scanned to find its first keyword, then 4x more
+# A piece this long is looked at before it is parsed: an INSERT of bulk data is then only
+# checked to parse. A shorter one parses faster than its first keyword is found.
+_LARGE = 4096
 _CHUNK = 1 << 20  # characters of the file scanned at a time
 
 
@@ -83,16 +87,28 @@ class SyntaxProblem(Exception):
 
 
 def first_keyword(piece: str) -> tuple[str, int] | None:
-    """The first token after the comments and semicolons, and its offset, from the
-    piece's head."""
+    """The first token after the comments and semicolons, and its offset; None when the
+    piece has none, or cannot be scanned. Scanned from a head of the piece, four times
+    longer each time the head cuts a comment or string short or ends at that token, whose
+    name a cut could change (`INSERT` cut to `INS` is an identifier)."""
     from pglast.parser import ParseError, scan
 
-    try:
-        tokens = scan(piece[:_HEAD])
-    except ParseError:  # the head cut a comment or a string short: no quick answer
-        return None
-    return next(((t.name, t.start) for t in tokens
-                 if t.name not in ("SQL_COMMENT", "C_COMMENT", "ASCII_59")), None)
+    size = _HEAD
+    while True:
+        head = piece[:size]
+        whole = len(head) == len(piece)
+        try:
+            tokens = scan(head)
+        except ParseError:  # cut a comment or a string short, or a token it cannot read
+            if whole:
+                return None
+            size *= 4
+            continue
+        first = next((t for t in tokens
+                      if t.name not in ("SQL_COMMENT", "C_COMMENT", "ASCII_59")), None)
+        if whole or (first is not None and first.end + 1 < len(head)):
+            return (first.name, first.start) if first is not None else None
+        size *= 4
 
 
 def _parse(group: str, base: int) -> list[Found]:
@@ -100,9 +116,11 @@ def _parse(group: str, base: int) -> list[Found]:
     does not parse."""
     from pglast.parser import parse_sql_json, split
 
-    first = first_keyword(group)
-    if first is not None and first[0] == "INSERT" and len(split(group)) == 1:
-        return [Found(_INSERT, base + first[1], base + len(group), group, base, Offsets(""))]
+    if len(group) > _LARGE:
+        first = first_keyword(group)
+        if first is not None and first[0] == "INSERT" and len(split(group)) == 1:
+            return [Found(_INSERT, base + first[1], base + len(group), group, base,
+                          Offsets(""))]
     tree = json.loads(parse_sql_json(group))
     chars = Offsets(group)
     found: list[Found] = []
@@ -110,8 +128,9 @@ def _parse(group: str, base: int) -> list[Found]:
         location = raw.get("stmt_location", 0)
         start = chars(location)
         end = chars(location + raw["stmt_len"]) if raw.get("stmt_len") else len(group)
-        found.append(Found(next(iter(raw["stmt"].items())), base + start, base + end, group,
-                           base, chars))
+        node = next(iter(raw["stmt"].items()))
+        found.append(Found(_INSERT if node[0] == "InsertStmt" else node, base + start,
+                           base + end, group, base, chars))
     return found
 
 

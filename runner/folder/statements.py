@@ -17,6 +17,7 @@ from runner.folder import split
 from runner.folder.files import Migration, read_rollback
 
 DIRECTIVES = {"migrate:no-transaction", "no-transaction"}
+Node = tuple[str, dict[str, Any]]  # (node type, its fields), as libpg_query's JSON has it
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class Plan:
     transactional: bool
     statements: Sequence[Statement]
     wrapped: bool = False  # a psql BEGIN; ... COMMIT; wrapper was dropped (sqlx refuses it)
+    # (offset, node) of what the catalog's check of partitioned relations reads, in order
+    # (transaction_block.catalog_fact): the files are not parsed again for it.
+    catalog: tuple[tuple[int, Node], ...] = ()
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:
@@ -106,8 +110,6 @@ def is_transactional(text: str) -> bool:
             return False
     return True
 
-
-Node = tuple[str, dict[str, Any]]  # (node type, its fields), as libpg_query's JSON has it
 
 
 def _txn_kind(node: Node) -> str | None:
@@ -170,6 +172,7 @@ class _Checks:
         self.found: list[tuple[int, str]] = []  # (statement index, problem), in order
         self.control: list[tuple[int, int, str]] = []  # (index, offset, kind)
         self.streams: list[tuple[int, str]] = []  # (offset, COPY ... STDIN/STDOUT)
+        self.catalog: list[tuple[int, Node]] = []  # Plan.catalog
         self.count = 0
 
     def add(self, where: int | str, message: str) -> None:
@@ -180,6 +183,8 @@ class _Checks:
         from runner.folder import transaction_block
 
         node, where = st.node, st.offset
+        if (fact := transaction_block.catalog_fact(node)) is not None:
+            self.catalog.append((where, fact))
         kind = _txn_kind(node)
         if kind is not None:
             if not (kind in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO") and self.transactional):
@@ -308,7 +313,7 @@ def _lex(m: Migration, empty_ok: bool = False,
     f.problems += checks.problems(wrapped)
     if not found and not f.problems:
         f.problems.append(f"{m.file}: contains no statement between BEGIN and COMMIT")
-    return Plan(m, transactional, found, wrapped), f.problems
+    return Plan(m, transactional, found, wrapped, tuple(checks.catalog)), f.problems
 
 
 def lex(migrations: list[Migration], empty_ok: bool = False,

@@ -266,6 +266,18 @@ def maintenance(node: Node) -> tuple[str, Relation, str] | None:
     return None
 
 
+def catalog_fact(node: Node) -> Node | None:
+    """What runner/applying/partitioned.py reads of a statement, kept with the file's plan
+    so that no file is parsed twice: of a CREATE TABLE or CREATE INDEX what `Partitioned`
+    notes, a REINDEX or CLUSTER of one relation whole; None for any other statement."""
+    kind, body = node
+    if kind == "CreateStmt":
+        return kind, {"relation": body.get("relation"), "partspec": bool(body.get("partspec"))}
+    if kind == "IndexStmt":
+        return kind, {"relation": body.get("relation"), "idxname": body.get("idxname")}
+    return node if maintenance(node) is not None else None
+
+
 class Partitioned:
     """The partitioned tables, and the indexes on them, that a file (or the pending
     files, in order) created so far: REINDEX or CLUSTER of one of them is refused in a

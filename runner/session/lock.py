@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import time
 from typing import Any
@@ -45,11 +46,24 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %(hi)s AND l.objid =
 # The fence (SPEC §10.1): an expression that is true while the lock connection's backend
 # holds the lock, and otherwise fails its statement, and with it the transaction that
 # would have committed without the lock. current_setting() of a name nobody sets raises
-# 42704 naming it, so the server's log says what happened too. pg_locks, not a flag of
-# ours: a lock connection that died, or was ended for being idle, shows there at once.
+# 42704 naming it, so the server's log says what happened too.
+#
+# The lock connection takes, right after the lock, a second session lock on a key of its
+# own run (`AdvisoryLock.fence_key`, random: no other session ever asks for it), and lets
+# it go first. A work session's tries for both keys, shared and for its transaction, fail
+# exactly while someone holds the lock and the lock connection's backend lives and holds
+# its locks: that is, while the lock connection holds the lock. A backend that died, was
+# ended for being idle, or was handed back to a pool (whose reset releases its locks)
+# lets a try succeed, and the fence fails. The lock server's answer, not a flag of ours;
+# and two look-ups of one key, where pg_locks copies the server's whole lock table,
+# taking every lock partition (every migration's transaction pays for the fence: that
+# was ~13% of applying small files; the two look-ups, ~6%).
 LOST_SETTING = "migration_runner.advisory_lock_lost"
 _FENCE = ("(CASE WHEN {held} THEN true ELSE "
           "pg_catalog.current_setting('" + LOST_SETTING + "')::bool END)")
+_HELD_BY_LOCK_CONNECTION = ("NOT pg_catalog.pg_try_advisory_xact_lock_shared({key}) AND "
+                            "NOT pg_catalog.pg_try_advisory_xact_lock_shared({fence_key})")
+# On a single connection, which would get its own lock again, the catalog is asked.
 _HELD_BY = """EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory'
   AND granted AND pid = {pid} AND classid = {hi} AND objid = {lo} AND objsubid = 1
   AND database = (SELECT oid FROM pg_catalog.pg_database
@@ -57,7 +71,8 @@ _HELD_BY = """EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory
 _HELD_BY_ME = """
 SELECT pg_backend_pid(), EXISTS (
   SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
-    AND classid = %(hi)s AND objid = %(lo)s AND objsubid = 1)
+    AND classid = %(hi)s AND objid = %(lo)s AND objsubid = 1),
+  pg_try_advisory_lock(%(fence_key)s)
 """
 
 
@@ -129,6 +144,7 @@ class AdvisoryLock:
         # of one): see `fence` and `relock`.
         self.single = False
         self.pid = 0  # this session's backend, once acquire() has asked
+        self.fence_key = int.from_bytes(os.urandom(8), "big", signed=True)  # see _FENCE
         self.channel = f"migration_runner_{self.key & 0xFFFFFFFFFFFFFFFF:016x}"
 
     def acquire(self, timeout: float) -> None:
@@ -176,7 +192,10 @@ class AdvisoryLock:
         """An SQL expression, true while this runner holds the lock and an error (42704,
         `is_fence_error`) otherwise, for a statement inside every transaction that writes
         a migration's or the history's rows, before its COMMIT."""
-        return _FENCE.format(held=_HELD_BY.format(pid=self.pid, **_halves(self.key)))
+        if self.single:
+            return _FENCE.format(held=_HELD_BY.format(pid=self.pid, **_halves(self.key)))
+        return _FENCE.format(held=_HELD_BY_LOCK_CONNECTION.format(key=self.key,
+                                                                  fence_key=self.fence_key))
 
     def fence_after_unlock(self) -> str:
         """The fence right after the session reset's pg_advisory_unlock_all(): on one
@@ -204,10 +223,14 @@ class AdvisoryLock:
 
     def _check_same_session(self, pid: int) -> None:
         """Behind a transaction-pooling proxy each statement may land on another backend,
-        and a session lock then guards nothing."""
-        row = self.conn.execute(_HELD_BY_ME, _halves(self.key)).fetchone()
+        and a session lock then guards nothing. Takes the fence's key too."""
+        row = self.conn.execute(_HELD_BY_ME, {**_halves(self.key),
+                                              "fence_key": self.fence_key}).fetchone()
         if row is None or row[0] != pid or not row[1]:
             raise ConfigError(POOLER_MESSAGE)
+        if not row[2]:  # a random 64-bit key already taken: never seen, but never assumed
+            raise ConfigError(f"advisory lock {self.fence_key}, the run's own, is held by "
+                              "another session; run again")
 
     def release(self) -> None:
         """Never raises: it runs on every exit path, including after a lost connection."""
@@ -215,5 +238,5 @@ class AdvisoryLock:
             return
         self.held = False
         with contextlib.suppress(psycopg.Error):  # the session is gone, and the lock with it
-            self.conn.execute("SELECT pg_advisory_unlock(%s), pg_notify(%s, '')",
-                              (self.key, self.channel))
+            self.conn.execute("SELECT pg_advisory_unlock(%s), pg_advisory_unlock(%s), "
+                              "pg_notify(%s, '')", (self.fence_key, self.key, self.channel))
