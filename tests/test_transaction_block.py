@@ -384,7 +384,7 @@ def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refu
     migrations({"002_plain.sql": "CREATE TABLE plain (id int);\n",
                 "003_maintain.sql": f"-- keep it tidy\n{sql};\n"})
     assert run(None, folder, "validate", "--offline").code == 0  # the text alone is fine
-    for args in (("migrate", "--dry-run"), ("migrate",)):
+    for args in (("validate",), ("migrate", "--dry-run"), ("migrate",)):
         result = run(db.url, folder, *args)
         assert result.code == 5, result.stderr
         (problem,) = result.events[-1]["problems"]

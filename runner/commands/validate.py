@@ -2,45 +2,53 @@
 
 Offline (a CI step on the migrations folder): names, encoding, pairs, and the lexer on
 every forward and rollback file. With a database, also the history checks `migrate` would
-make, read-only and without the lock. The result goes to stdout, one problem per line, so
-a CI log shows it plainly; the log gets the same list.
+make, and the catalog's word on the pending files (a REINDEX or CLUSTER of a relation an
+applied migration made partitioned), read-only and without the lock. The result goes to
+stdout, one problem per line, so a CI log shows it plainly; the log gets the same list.
 """
 
 from __future__ import annotations
 
+from runner.applying import partitioned
 from runner.commands import offline_history, read_only, settle, warn_eol_only
 from runner.errors import ValidationError
 from runner.folder import files, kustomization
+from runner.folder.statements import Plan
 from runner.histories.history import History, compare, plural
 from runner.output import log
 from runner.settings import Settings
 
 
-def file_problems(history: History, folder: files.Folder) -> list[str]:
+def file_problems(history: History, folder: files.Folder) -> tuple[list[Plan], list[str]]:
+    """The plans of the good forward files, and every problem of every file."""
     problems = list(folder.problems)
-    problems += history.lex(folder.migrations)[1]
+    plans, found = history.lex(folder.migrations)
+    problems += found
     with_rollback = [m for m in folder.migrations if m.rollback is not None]
     problems += history.lex_rollbacks(with_rollback)[1]
     # A rollback file that is not UTF-8 is reported by read_folder and by its lexing.
-    return list(dict.fromkeys(problems))
+    return plans, list(dict.fromkeys(problems))
 
 
 def validate(settings: Settings, offline: bool) -> int:
     if offline:
         history = offline_history(settings)
         folder = history.read_folder(settings.migrations_path)
-        problems = file_problems(history, folder)
+        problems = file_problems(history, folder)[1]
     else:
         with read_only(settings, "validate") as conn:
             history = settle(settings, conn)
             folder = history.read_folder(settings.migrations_path)
-            problems = file_problems(history, folder)
+            plans, problems = file_problems(history, folder)
             applied = history.read_if_exists(conn)
             try:  # what `migrate` would refuse first (SPEC §8)
                 history.refuse_beside_other(conn, applied, "validate")
             except ValidationError as exc:
                 problems += exc.problems
-        comparison = compare(folder.migrations, applied, history.eol_only)
+            comparison = compare(folder.migrations, applied, history.eol_only)
+            pending = {m.version for m in comparison.pending}
+            problems += partitioned.problems(
+                conn, [p for p in plans if p.migration.version in pending])
         warn_eol_only(comparison, history)
         problems += comparison.problems(settings.strict, settings.allow_out_of_order,
                                         history.cli)
