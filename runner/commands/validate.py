@@ -13,6 +13,7 @@ from runner.errors import ValidationError
 from runner.folder import files, kustomization
 from runner.histories.history import History, compare, plural
 from runner.output import log
+from runner.session import silence
 from runner.settings import Settings
 
 
@@ -35,6 +36,7 @@ def validate(settings: Settings, offline: bool) -> int:
             history = settle(settings, conn)
             folder = history.read_folder(settings.migrations_path)
             problems = file_problems(history, folder)
+            silence.doing("reading the history")
             applied = history.read_if_exists(conn)
             try:  # what `migrate` would refuse first (SPEC §8)
                 history.refuse_beside_other(conn, applied, "validate")
