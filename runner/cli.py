@@ -397,8 +397,9 @@ def _lost(fields: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
         fields = {**fields, "stalled": silence.verdicts[-1]}
         text = f"stalled: {silence.verdicts[-1]}"
     return {**fields, "stage": stage}, (
-        f"connection to the database lost while {stage}: {text}; nothing of a transaction "
-        "it cut short remains (the server rolls it back whole): a retry can help")
+        f"connection to the database lost while {stage}: {text}; nothing is left half-done "
+        "(the server commits a transaction whole or not at all; `status` shows the "
+        "history): a retry can help")
 
 
 def run() -> NoReturn:

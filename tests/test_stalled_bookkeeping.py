@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import Db, Runner, run, wait_until
+from tests.conftest import Db, Runner, login_role, run, wait_until
 from tests.proxy import Proxy
 
 Files = Callable[[dict[str, str | bytes]], Path]
@@ -119,16 +119,19 @@ def test_proxy_that_stops_forwarding_outside_a_migration_is_connection_lost(
     assert db.table_exists("more_log") == (case.history == [(1,), (2,)])
 
 
+@pytest.mark.parametrize("limit", [None, 1])
 def test_query_waiting_for_a_lock_beyond_the_stall_limit_is_not_severed(
-        db: Db, migrations: Files, proxy: Proxy) -> None:
+        db: Db, migrations: Files, limit: int | None) -> None:
     """An ALTER of the history table in another session: the runner's read shows
     `active` in the server for as long as it waits, so it waits, past the 10 s after which
-    a silent connection is asked about, and then applies."""
+    a silent connection is asked about, and then applies. With a connection limit of one
+    the question is refused (53300): the server is alive, and the wait goes on."""
     folder = migrations(FILES)
-    assert run(db.url, folder, "--to", "1", **NATIVE).code == 0
+    url = db.url if limit is None else login_role(db, connection_limit=limit)
+    assert run(url, folder, "--to", "1", **NATIVE).code == 0
     with psycopg.connect(db.url) as holder:
         holder.execute(HISTORY_LOCKED)
-        runner = Runner(proxy.url(db.name), folder, **NATIVE)
+        runner = Runner(url, folder, **NATIVE, MIGRATE_LOG_LEVEL="debug")
         runner_waits(db, READ_HISTORY)
         wait_until(lambda: db.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s "
@@ -138,4 +141,5 @@ def test_query_waiting_for_a_lock_beyond_the_stall_limit_is_not_severed(
     result = runner.finish(timeout=30)
     assert result.code == 0, result.stderr
     assert "connection_lost" not in result.names()
+    assert ("silence_ask_refused" in result.names()) == (limit is not None)
     assert db.query("SELECT version FROM migration_history ORDER BY 1") == [(1,), (2,)]

@@ -19,7 +19,7 @@ opened only then (a run whose queries answer opens none):
 - the server cannot be reached (no connection, or no answer within ASK_S): the wait is
   as hopeless.
 - the server refuses the question (a connection limit reached, 53300): it is alive, and
-  whether the wait is one cannot be told; asked again STALL_S later.
+  whether the wait is one cannot be told; asked again later, less often as it goes on.
 
 A stalled connection ends the run (exit 3, `connection_lost` naming what the runner was
 `doing`), so every connection of the run to that database is severed (their waits end at
@@ -42,7 +42,7 @@ from typing import Any
 
 import psycopg
 
-from runner.errors import RunnerError
+from runner.errors import ConfigError, RunnerError
 from runner.output import log
 from runner.session import deadline
 
@@ -166,9 +166,11 @@ def _ask(w: _Watched, busy: float, now: float) -> str | None:
         sqlstate = (exc.fields.get("sqlstate") if isinstance(exc, RunnerError)
                     else exc.sqlstate)
         message = " ".join((getattr(exc, "message", None) or str(exc)).split())
-        if sqlstate and not sqlstate.startswith("08"):  # the server answered: it is alive
+        if (sqlstate and not sqlstate.startswith("08")) or isinstance(exc, ConfigError):
+            # The server answered (it is alive), or asking cannot work: nothing is known.
+            # Asked less often as the wait goes on: each refusal is a line in its log.
             log.get().debug("silence_ask_refused", sqlstate=sqlstate, message=message)
-            w.next_ask = now + STALL_S
+            w.next_ask = now + max(STALL_S, min(busy, 60.0))
             return None
         return f"no answer for {busy:.0f}s, and the server cannot be reached ({message})"
     if row is None:
