@@ -18,7 +18,7 @@ from runner import __version__
 from runner.errors import CONFIG, UNREACHABLE, ConfigError, Interrupted, RunnerError
 from runner.histories.history import client_host
 from runner.output import log, metrics, notify
-from runner.session import conninfo, deadline
+from runner.session import conninfo, deadline, silence
 from runner.settings import SPECS, Settings, add_flags, resolve, termination_log_path
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -366,7 +366,7 @@ def _main(argv: list[str] | None) -> int:
         if isinstance(exc, psycopg.OperationalError) and (
                 exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))):
             code = UNREACHABLE  # SPEC §10.2: a lost connection, a retry can help
-            message = f"connection to the database lost outside a migration: {text}"
+            fields, message = _lost(fields, text)
             final = ("connection_lost", fields)
         else:
             code = 1
@@ -387,6 +387,19 @@ def _main(argv: list[str] | None) -> int:
         log.get().error(event, exit_code=code, error=message, **extra)
         write_termination(message)
     return code
+
+
+def _lost(fields: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
+    """A connection lost outside a migration (SPEC §10.2): what the run was doing, and
+    why the runner cut it when it stopped answering (runner.session.silence)."""
+    stage = silence.stage() or "outside a migration"
+    if silence.verdicts:  # severed by the runner: what libpq then saw is our own doing
+        fields = {**fields, "stalled": silence.verdicts[-1]}
+        text = f"stalled: {silence.verdicts[-1]}"
+    return {**fields, "stage": stage}, (
+        f"connection to the database lost while {stage}: {text}; nothing is left half-done "
+        "(the server commits a transaction whole or not at all; `status` shows the "
+        "history): a retry can help")
 
 
 def run() -> NoReturn:

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from tests.pg import Cluster
+from tests.proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
@@ -75,6 +76,14 @@ def db(cluster: Cluster) -> Db:
     with cluster.connect() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return Db(cluster, name)
+
+
+@pytest.fixture
+def proxy(db: Db) -> Iterator[Proxy]:
+    """A TCP forwarder to `db`'s server that the test can stall (tests.proxy)."""
+    p = Proxy(db.cluster.port)
+    yield p
+    p.close()
 
 
 @dataclass

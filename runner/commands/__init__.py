@@ -21,7 +21,7 @@ from runner.folder import files
 from runner.histories import choice
 from runner.histories.history import Applied, Comparison, History, NativeHistory, as_fields, compare
 from runner.output import log
-from runner.session import deadline
+from runner.session import deadline, silence
 from runner.session.database import (
     TOO_MANY_CONNECTIONS,
     Connection,
@@ -69,6 +69,7 @@ def settle(settings: Settings, conn: Connection, level: str = "info") -> History
     (runner.histories.choice), logged as `history_format` with the schema used; the
     format's session parameters set on `conn`. ValidationError (5) or ConfigError (2)
     when `auto` cannot decide."""
+    silence.doing("choosing the history format")
     chosen = choice.choose(conn, settings.history_format, settings.schema,
                            settings.schema_explicit, settings.migrations_path)
     history = _build(chosen.format, settings, chosen.sqlx.schema)
@@ -93,6 +94,7 @@ def bookkeeping(settings: Settings, conn: Connection) -> set[tuple[str, str]]:
     them, for `verify` to leave out whichever format migrated the database."""
     from runner.histories.sqlx import SqlxHistory
 
+    silence.doing("finding the bookkeeping tables")
     place = choice.sqlx_place(conn, settings.schema, settings.schema_explicit)
     tables = NativeHistory(settings.schema).bookkeeping
     return tables | (SqlxHistory(place.schema).bookkeeping if place.schema else set())
@@ -115,6 +117,7 @@ def open_connection(settings: Settings, purpose: str, level: str = "info",
     but the work one is the run's first, and looks at the session's settings. The work
     one, opened while the lock is held, does not wait for a connection slot (53300)."""
     work = purpose == "work"
+    silence.doing(f"opening the {purpose} connection")
     conn = connect(settings, purpose, look=None if work else level, primary=primary,
                    wait_for_a_slot=not work)
     info = conn.info
@@ -128,6 +131,7 @@ def read_only(settings: Settings, purpose: str, level: str = "info") -> Iterator
     """A connection for commands that only look (status, validate, --dry-run): no lock, and
     every transaction read-only, so nothing here can change the database."""
     with open_connection(settings, purpose, level) as conn:
+        silence.doing("setting the session read-only")
         conn.execute("SET default_transaction_read_only = on")
         yield conn
 
@@ -154,6 +158,7 @@ class Session:
                 if exc.fields.get("sqlstate") != TOO_MANY_CONNECTIONS:
                     raise
                 return self._single(exc.message)
+            silence.doing("setting up the work connection")
             self._work_pid = backend_pid(conn)
             if self._work_pid == self.lock.pid:
                 conn.close()  # two client connections on one backend: only a pooler does that
@@ -181,6 +186,7 @@ class Session:
         """Behind a transaction-pooling proxy each transaction may land on another backend,
         where the lock held by our session guards nothing: refuse before changing
         anything."""
+        silence.doing("checking that the work session is the one opened")
         if backend_pid(self.work) != self._work_pid:
             raise ConfigError(POOLER_MESSAGE)
 
@@ -199,13 +205,16 @@ class Session:
         watch = Watch(self.lock.conn, self._work_pid, self.settings.progress_interval,
                       cancel=lambda: work.cancel_safe(timeout=5), work=work)
         work.add_notice_handler(watch.notice)
-        watch.start()
-        try:
-            with live_status(self.settings, watch):
-                yield watch
-        finally:
-            watch.stop()
-            work.remove_notice_handler(watch.notice)
+        silence.doing("applying migrations")
+        # The watch finds a lost answer on these two itself, and says so in its report.
+        with silence.excused(self.lock.conn, work):
+            watch.start()
+            try:
+                with live_status(self.settings, watch):
+                    yield watch
+            finally:
+                watch.stop()
+                work.remove_notice_handler(watch.notice)
 
     def fence(self, conn: Connection) -> None:
         """Inside a transaction that writes the history outside a migration (baseline,
@@ -242,8 +251,10 @@ def locked(settings: Settings, conn: Connection | None = None,
     lock = AdvisoryLock(lock_conn, history.lock_key(lock_conn.info.dbname))
     session = Session(settings, lock, history)
     try:
+        silence.doing("waiting for the advisory lock")
         lock.acquire(settings.lock_timeout)
         yield session
+        silence.doing("releasing the advisory lock")  # not on a failure's way out
     finally:
         session.close()
         with deadline.within(lock_conn, RELEASE_S):  # a stalled network: SPEC §10.2
@@ -256,6 +267,7 @@ def refuse_running_elsewhere(session: Session, applied: dict[int, Applied]) -> N
     applying (its runner lost the lock, or stalled): `migration_running_elsewhere` and
     exit 4, never "run repair", which would start it a second time (SPEC §10.1)."""
     failed = sorted(v for v, a in applied.items() if a.status == "failed")
+    silence.doing("looking for a migration running elsewhere")
     running = owners(session.lock.conn, session.lock.key, failed)
     if not running:
         return

@@ -11,6 +11,7 @@ from runner.commands import history_for, locked, settled_files
 from runner.errors import ValidationError
 from runner.histories.history import as_fields, plural
 from runner.output import log
+from runner.session import silence
 from runner.settings import Settings
 
 
@@ -27,7 +28,9 @@ def baseline(settings: Settings, to: int) -> int:
         migrations = settled_files(history, folder_history, migrations, settings)
         chosen = [m for m in migrations if m.version <= to]
         conn = session.work
+        silence.doing("reading the history")
         applied = history.read_checked(conn, "baseline")
+        silence.doing("creating the bookkeeping tables")
         history.ensure(conn)
         if applied:
             raise ValidationError([
@@ -35,6 +38,7 @@ def baseline(settings: Settings, to: int) -> int:
                 f"(newest version {max(applied)}); baseline is only for a database the "
                 "runner has never migrated. Use `status` to see its state"])
         session.check_same_session()
+        silence.doing("writing the history")
         with conn.transaction():
             session.fence(conn)
             for m in chosen:

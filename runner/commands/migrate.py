@@ -17,6 +17,7 @@ from runner.errors import MigrationError
 from runner.folder import files, statements
 from runner.histories.history import History, plural
 from runner.output import log
+from runner.session import silence
 from runner.session.database import Connection
 from runner.settings import Settings
 
@@ -44,9 +45,11 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
         with read_only(settings, "dry-run") as conn:
             history = settle(settings, conn)
             migrations = settled_files(history, folder_history, migrations, settings)
+            silence.doing("reading the history")
             applied = history.read_checked(conn, "migrate")
             state = read_state(history, applied, migrations, settings, to)
             planned = history.plan(state.comparison.pending)
+            silence.doing("checking partitioned tables in the catalog")
             partitioned.refuse(conn, planned)
         print_plan(planned)
         return 0
@@ -55,6 +58,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
         migrations = settled_files(history, folder_history, migrations, settings)
         # The history is read on the lock connection: with nothing pending, as on every pod
         # start but the first after a release, the run ends without a work connection.
+        silence.doing("reading the history")
         applied = history.read_checked(session.lock.conn, "migrate")
         refuse_running_elsewhere(session, applied)
         pending = read_state(history, applied, migrations, settings, to).comparison.pending
@@ -70,8 +74,10 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
             with ThreadPoolExecutor(1, thread_name_prefix="lex") as pool:
                 lexed = pool.submit(history.plan, pending)
                 work = session.work  # opening it refuses a pooler before anything is made
+                silence.doing("creating the bookkeeping tables")
                 history.ensure(work)
                 plans = lexed.result()
+            silence.doing("checking partitioned tables in the catalog")
             partitioned.refuse(work, plans)  # the catalog's word, before anything runs
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),

@@ -16,6 +16,7 @@ from runner.commands import history_for, locked, refuse_running_elsewhere
 from runner.errors import ConfigError, ValidationError
 from runner.histories.history import as_fields, named
 from runner.output import log
+from runner.session import silence
 from runner.settings import Settings
 
 
@@ -39,6 +40,7 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
                 raise ValidationError(folder.problems)
         by_version = {m.version: m for m in folder.migrations}
         conn = session.work
+        silence.doing("reading the history")
         applied = history.read_checked(conn, "repair")
         refuse_running_elsewhere(session, applied)
         mark = None
@@ -60,7 +62,9 @@ def repair(settings: Settings, failed: bool, accept_checksums: bool,
                   and a.checksum != by_version[v].checksum]
         session.check_same_session()
         if clear or accept or mark:  # the app may have made the history without the audit table
+            silence.doing("creating the bookkeeping tables")
             history.ensure(conn)
+        silence.doing("writing the history")
         with conn.transaction():
             session.fence(conn)
             if mark is not None and history.mark_applied(conn, mark):

@@ -26,6 +26,7 @@ from runner.errors import ValidationError
 from runner.folder import files, statements
 from runner.histories.history import Applied, History, named
 from runner.output import log
+from runner.session import silence
 from runner.settings import Settings
 
 
@@ -81,8 +82,10 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         with read_only(settings, "dry-run") as conn:
             history = settle(settings, conn)
             migrations = settled_files(history, folder_history, migrations, settings)
+            silence.doing("reading the history")
             applied = history.read_checked(conn, "rollback")
             plans = check(history, targets(applied, steps, to), applied, migrations)
+            silence.doing("checking partitioned tables in the catalog")
             partitioned.refuse(conn, plans)
         print_plan(plans, empty="nothing to roll back")
         return 0
@@ -90,13 +93,16 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         history = session.history
         migrations = settled_files(history, folder_history, migrations, settings)
         conn = session.work
+        silence.doing("reading the history")
         applied = history.read_checked(conn, "rollback")
         refuse_running_elsewhere(session, applied)
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
+        silence.doing("checking partitioned tables in the catalog")
         partitioned.refuse(conn, plans)
         session.check_same_session()
         if plans:  # the app may have made the history without the audit table
+            silence.doing("creating the bookkeeping tables")
             history.ensure(conn)
         with session.watching() as watch:
             applier = Applier(conn, history, settings, session.lock, watch)

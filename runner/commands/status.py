@@ -23,6 +23,7 @@ from runner.errors import PENDING, VALIDATION, ConfigError
 from runner.folder import files
 from runner.histories.history import Applied, Comparison, History, compare, named
 from runner.output import log
+from runner.session import silence
 from runner.session.database import Connection
 from runner.settings import Settings
 
@@ -143,6 +144,7 @@ def read(settings: Settings, level: str = "info",
                 log.get().warning("file_problem", problem=problem)
             if folders is not None:
                 folders[history.format] = folder
+        silence.doing("reading the history")
         try:
             applied = history.read_checked(conn, "status")
         except psycopg.errors.InsufficientPrivilege as exc:

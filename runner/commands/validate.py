@@ -16,6 +16,7 @@ from runner.folder import files, kustomization
 from runner.folder.statements import Plan
 from runner.histories.history import History, compare, plural
 from runner.output import log
+from runner.session import silence
 from runner.settings import Settings
 
 
@@ -40,6 +41,7 @@ def validate(settings: Settings, offline: bool) -> int:
             history = settle(settings, conn)
             folder = history.read_folder(settings.migrations_path)
             plans, problems = file_problems(history, folder)
+            silence.doing("reading the history")
             applied = history.read_if_exists(conn)
             try:  # what `migrate` would refuse first (SPEC §8)
                 history.refuse_beside_other(conn, applied, "validate")
@@ -47,6 +49,7 @@ def validate(settings: Settings, offline: bool) -> int:
                 problems += exc.problems
             comparison = compare(folder.migrations, applied, history.eol_only)
             pending = {m.version for m in comparison.pending}
+            silence.doing("checking partitioned tables in the catalog")
             problems += partitioned.problems(
                 conn, [p for p in plans if p.migration.version in pending])
         warn_eol_only(comparison, history)

@@ -16,6 +16,7 @@ from typing import Any
 from runner.commands import bookkeeping, history_for, open_connection
 from runner.errors import ConfigError, ValidationError
 from runner.output import log
+from runner.session import silence
 from runner.session.database import Connection
 from runner.settings import Settings
 
@@ -150,7 +151,9 @@ def verify(settings: Settings, schemas: list[str], write: str | None,
             schemas = sorted(expected.get("schemas", {})) if expected else []
     history = history_for(settings)
     with open_connection(settings, "verify") as conn:
-        actual = report(conn, schemas, bookkeeping(settings, conn))
+        tables = bookkeeping(settings, conn)
+        silence.doing("reading the schema")
+        actual = report(conn, schemas, tables)
     if actual["invalid_indexes"]:
         drops = " ".join(f"DROP INDEX CONCURRENTLY {i};" for i in actual["invalid_indexes"])
         log.get().warning("invalid_indexes", indexes=actual["invalid_indexes"],

@@ -7,13 +7,14 @@ import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from runner.errors import ConfigError, UnreachableError
 from runner.output import log
-from runner.session import connect_failure, deadline, environment
+from runner.session import connect_failure, deadline, environment, silence
 from runner.session import conninfo as cinfo
 from runner.settings import Settings
 
@@ -62,14 +63,16 @@ def _wait_within(timeout: float) -> Any:
 
 
 def connect(settings: Settings, purpose: str, look: str | None = None,
-            primary: bool = False, wait_for_a_slot: bool = True) -> Connection:
+            primary: bool = False, wait_for_a_slot: bool = True,
+            watched: bool = True) -> Connection:
     """One connection, retried on transient errors until MIGRATE_WAIT_TIMEOUT (seconds),
     with the runner's own session settings (runner.session.environment). `look`: on the
     run's first connection, the level (info, debug) of the `session_settings` it logs
     when a role or database setting differs from the runner's; `primary`: for a command
     that writes, a standby or a read-only session is waited out like a server that is not
     up yet (SPEC §10.3); `wait_for_a_slot` False: a connection limit reached (53300) is
-    not waited for.
+    not waited for; `watched` False: not by runner.session.silence (its own asking
+    connection).
 
     Raises ConfigError (exit 2) for a connection string that cannot be right and when
     nothing at all is configured and libpq's defaults fail; UnreachableError (exit 3)
@@ -115,6 +118,10 @@ def connect(settings: Settings, purpose: str, look: str | None = None,
             else:
                 raise
             conn = connect_failure.VerboseConnection.connect(conninfo, **kwargs)
+        # Before its first query: none of them may wait for a lost answer (SPEC §10.2).
+        deadline.track(conn)
+        if watched:
+            silence.watch(conn, conninfo, ask)
         if not kwargs["options"]:
             conn.execute(environment.sets(conn.info.server_version))
         if look:
@@ -127,6 +134,12 @@ def connect(settings: Settings, purpose: str, look: str | None = None,
                 raise
             looked[:] = [found]
         return conn
+
+    def ask() -> Connection:
+        """A connection on which silence asks the server about this one: one attempt,
+        bounded like the question."""
+        return connect(replace(settings, wait_timeout=0.0, connect_timeout=silence.ASK_S),
+                       "silence", watched=False)
 
     def retryable(exc: BaseException) -> bool:
         return transient_reason(exc) is not None and (
@@ -166,7 +179,6 @@ def connect(settings: Settings, purpose: str, look: str | None = None,
         getattr(logger, look or "info")(
             "session_settings", settings=looked[0].differing,
             message="role or database settings the runner's sessions override")
-    deadline.track(conn)
     opened = OPENED.get()
     if opened is not None:
         opened(conn)
