@@ -384,6 +384,8 @@ def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refu
     migrations({"002_plain.sql": "CREATE TABLE plain (id int);\n",
                 "003_maintain.sql": f"-- keep it tidy\n{sql};\n"})
     assert run(None, folder, "validate", "--offline").code == 0  # the text alone is fine
+    # `status --exit-code` says 5 as well: migrate would refuse, not apply.
+    assert run(db.url, folder, "status", "--exit-code").code == 5
     for args in (("validate",), ("migrate", "--dry-run"), ("migrate",)):
         result = run(db.url, folder, *args)
         assert result.code == 5, result.stderr
@@ -397,3 +399,25 @@ def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refu
                "CREATE INDEX reading_taken_idx ON reading (taken)")
     assert run(db.url, folder).code == 0
     assert applied(db) == [1, 2, 3]
+
+
+def test_the_catalog_refusal_in_an_sqlx_folder_gives_sqlx_directive_and_following_it_applies(
+        db: Db, migrations: Files) -> None:
+    """In sqlx's layout the fix names sqlx's directive, the only form it honours; the
+    file changed as the message says then validates and applies."""
+    folder = migrations({"001_reading.up.sql": PARTITIONED,
+                         "001_reading.down.sql": "DROP TABLE reading;\n"})
+    assert run(db.url, folder).code == 0
+    migrations({"002_maintain.up.sql": "REINDEX TABLE reading;\n",
+                "002_maintain.down.sql": "SELECT 1;\n"})
+    result = run(db.url, folder, "validate")
+    assert result.code == 5, result.stderr
+    (problem,) = result.events[-1]["problems"]
+    assert problem.startswith("002_maintain.up.sql:1:1: REINDEX TABLE of the partitioned "
+                              "table reading cannot run inside a transaction block"), problem
+    assert "starts with `-- no-transaction`" in problem, problem
+    (folder / "002_maintain.up.sql").write_text("-- no-transaction\nREINDEX TABLE reading;\n")
+    assert run(None, folder, "validate", "--offline").code == 0
+    assert run(db.url, folder, "validate").code == 0
+    assert run(db.url, folder).code == 0
+    assert db.scalar("SELECT count(*) FROM _sqlx_migrations") == 2

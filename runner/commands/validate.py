@@ -51,7 +51,7 @@ def validate(settings: Settings, offline: bool) -> int:
             pending = {m.version for m in comparison.pending}
             silence.doing("checking partitioned tables in the catalog")
             problems += partitioned.problems(
-                conn, [p for p in plans if p.migration.version in pending])
+                conn, [p for p in plans if p.migration.version in pending], history.spelling)
         warn_eol_only(comparison, history)
         problems += comparison.problems(settings.strict, settings.allow_out_of_order,
                                         history.cli)
