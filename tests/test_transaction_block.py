@@ -401,6 +401,28 @@ def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refu
     assert applied(db) == [1, 2, 3]
 
 
+def test_refused_at_run_time_the_error_gives_the_fix_and_says_nothing_committed(
+        db: Db, migrations: Files) -> None:
+    """A partitioned table the checks cannot see (found through the file's own search
+    path): PostgreSQL's 25001 at run time names the statement's place, the same fix as
+    validation gives, and that nothing of the file was committed."""
+    db.execute("CREATE SCHEMA app")
+    folder = migrations({"001_ev.sql":
+                         'CREATE TABLE app."Ev" (at date) PARTITION BY RANGE (at);\n'})
+    assert run(db.url, folder).code == 0
+    migrations({"002_sp.sql": 'CREATE TABLE marker (id int);\nSET search_path TO app;\n'
+                              'REINDEX TABLE "Ev";\n'})
+    result = run(db.url, folder)
+    assert result.code == 1, result.stderr
+    error = result.events[-1]["error"]
+    assert error.startswith("002_sp.sql:3:1: REINDEX TABLE cannot run inside a transaction "
+                            "block (SQLSTATE 25001); move it to its own file whose first "
+                            "line is `-- migrate:no-transaction`"), error
+    assert error.endswith("; rolled back: nothing of it was committed"), error
+    assert not db.table_exists("marker")
+    assert applied(db) == [1]
+
+
 def test_the_catalog_refusal_in_an_sqlx_folder_gives_sqlx_directive_and_following_it_applies(
         db: Db, migrations: Files) -> None:
     """In sqlx's layout the fix names sqlx's directive, the only form it honours; the
