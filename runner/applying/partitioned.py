@@ -21,11 +21,12 @@ from runner.session.database import Connection
 _RELKIND = "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
 
 
-def problems(conn: Connection, plans: list[Plan], spelling: Spelling) -> list[str]:
+def problems(conn: Connection | None, plans: list[Plan], spelling: Spelling) -> list[str]:
     """`file:line:column: ...` for each REINDEX / CLUSTER of a partitioned relation in a
-    transactional plan: created so by an earlier pending file, or so in the database;
-    the fix in the history format's words (`spelling`). From what lexing kept of each
-    plan (`Plan.catalog`): no file is parsed again."""
+    transactional plan: created so by an earlier file of `plans`, or so in the database
+    (`conn`; None: the files alone, `validate --offline`); the fix in the history
+    format's words (`spelling`). From what lexing kept of each plan (`Plan.catalog`):
+    no file is parsed again."""
     known = transaction_block.Partitioned()
     found: list[str] = []
     for plan in plans:
@@ -35,7 +36,8 @@ def problems(conn: Connection, plans: list[Plan], spelling: Spelling) -> list[st
                 refusal = known.refusal(node)
                 name, rel, relkind = target
                 qualified = sql.Identifier(*(part for part in rel if part)).as_string(None)
-                row = conn.execute(_RELKIND, (qualified,)).fetchone()
+                row = (conn.execute(_RELKIND, (qualified,)).fetchone()
+                       if refusal is None and conn is not None else None)
                 if refusal is None and row is not None and row[0] == relkind:
                     refusal = (f"{name} of the partitioned "
                                f"{'table' if relkind == 'p' else 'index'} "
