@@ -83,7 +83,8 @@ def compare(b: Bench, med: dict[str, float]) -> None:
     print(f"\n{'tool':<24}{'apply-all/floor':>16}{'no-op s':>9}{'race s':>8}"
           f"{'race/apply':>11}{'RSS MiB':>9}  {b.racers}-way race")
     for label, key, correct, faults in rows:
-        race = (f"correct in all {rounds} rounds" if not faults else
+        race = (f"correct in {'the one round' if rounds == 1 else f'all {rounds} rounds'}"
+                if not faults else
                 f"FAILS in {rounds - correct} of {rounds} rounds: {faults[0]}")
         print(f"{label:<24}{paired(b, key + 'apply-all', floor):>15.2f}x"
               f"{med[key + 'no-op']:>9.3f}{med[key + 'race']:>8.2f}"

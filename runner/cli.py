@@ -206,8 +206,8 @@ def build_parser(only: str | None = None) -> Parser:
                 "running it (adopt a database built before the runner)")
     p.add_argument("--to", type=_version, metavar="V", required=True,
                    help="the version the database already has")
-    p = command("repair", _repair, "clear failed rows and/or accept changed checksums, "
-                "each change audited")
+    p = command("repair", _repair, "clear failed rows, mark one finished by hand as applied, "
+                "or accept changed checksums; each change audited")
     p.add_argument("--failed", action="store_true",
                    help="delete `failed` history rows (after fixing the database by hand)")
     p.add_argument("--accept-checksums", action="store_true",

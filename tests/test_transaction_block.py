@@ -377,13 +377,16 @@ def test_a_plain_table_of_the_same_name_in_another_schema_is_not_refused(
 ])
 def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refused_first(
         db: Db, migrations: Files, sql: str, refused: str) -> None:
-    """Only the catalog knows `reading` is partitioned: refused (exit 5) before the
-    first pending file is applied, naming the line."""
+    """Of the pending files, only the catalog knows `reading` is partitioned: refused
+    (exit 5) before the first pending file is applied, naming the line."""
     folder = migrations({"001_reading.sql": PARTITIONED})
     assert run(db.url, folder).code == 0
     migrations({"002_plain.sql": "CREATE TABLE plain (id int);\n",
                 "003_maintain.sql": f"-- keep it tidy\n{sql};\n"})
-    assert run(None, folder, "validate", "--offline").code == 0  # the text alone is fine
+    # The folder alone says it too (001 makes it partitioned); so do status --exit-code
+    # (5, not 6: migrate would refuse, not apply) and, below, validate and migrate.
+    assert run(None, folder, "validate", "--offline").code == 5
+    assert run(db.url, folder, "status", "--exit-code").code == 5
     for args in (("validate",), ("migrate", "--dry-run"), ("migrate",)):
         result = run(db.url, folder, *args)
         assert result.code == 5, result.stderr
@@ -397,3 +400,65 @@ def test_maintenance_of_a_partitioned_table_an_earlier_migration_created_is_refu
                "CREATE INDEX reading_taken_idx ON reading (taken)")
     assert run(db.url, folder).code == 0
     assert applied(db) == [1, 2, 3]
+
+
+def test_validate_offline_refuses_maintenance_of_a_table_an_earlier_file_partitions(
+        tmp_path: Path) -> None:
+    """The folder alone says it: 001 creates `reading` PARTITION BY, 002 reindexes it in
+    a transaction, which PostgreSQL refuses (25001), whatever the database holds."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "001_reading.sql").write_text(PARTITIONED)
+    (folder / "002_maintain.sql").write_text("-- keep it tidy\nREINDEX TABLE reading;\n")
+    result = run(None, folder, "validate", "--offline")
+    assert result.code == 5, result.stderr
+    (problem,) = result.events[-1]["problems"]
+    assert problem.startswith("002_maintain.sql:2:1: REINDEX TABLE of the partitioned table "
+                              "reading cannot run inside a transaction block"), problem
+    (folder / "002_maintain.sql").write_text(
+        "-- migrate:no-transaction\nREINDEX TABLE reading;\n")
+    assert run(None, folder, "validate", "--offline").code == 0
+
+
+def test_refused_at_run_time_the_error_gives_the_fix_and_says_nothing_committed(
+        db: Db, migrations: Files) -> None:
+    """A partitioned table the checks cannot see (found through the file's own search
+    path): PostgreSQL's 25001 at run time names the statement's place, the same fix as
+    validation gives, and that nothing of the file was committed."""
+    db.execute("CREATE SCHEMA app")
+    folder = migrations({"001_ev.sql":
+                         'CREATE TABLE app."Ev" (at date) PARTITION BY RANGE (at);\n'})
+    assert run(db.url, folder).code == 0
+    migrations({"002_sp.sql": 'CREATE TABLE marker (id int);\nSET search_path TO app;\n'
+                              'REINDEX TABLE "Ev";\n'})
+    result = run(db.url, folder)
+    assert result.code == 1, result.stderr
+    error = result.events[-1]["error"]
+    assert error.startswith("002_sp.sql:3:1: REINDEX TABLE cannot run inside a transaction "
+                            "block (SQLSTATE 25001); move it to its own file whose first "
+                            "line is `-- migrate:no-transaction`"), error
+    assert error.endswith("; rolled back: nothing of it was committed"), error
+    assert not db.table_exists("marker")
+    assert applied(db) == [1]
+
+
+def test_the_catalog_refusal_in_an_sqlx_folder_gives_sqlx_directive_and_following_it_applies(
+        db: Db, migrations: Files) -> None:
+    """In sqlx's layout the fix names sqlx's directive, the only form it honours; the
+    file changed as the message says then validates and applies."""
+    folder = migrations({"001_reading.up.sql": PARTITIONED,
+                         "001_reading.down.sql": "DROP TABLE reading;\n"})
+    assert run(db.url, folder).code == 0
+    migrations({"002_maintain.up.sql": "REINDEX TABLE reading;\n",
+                "002_maintain.down.sql": "SELECT 1;\n"})
+    result = run(db.url, folder, "validate")
+    assert result.code == 5, result.stderr
+    (problem,) = result.events[-1]["problems"]
+    assert problem.startswith("002_maintain.up.sql:1:1: REINDEX TABLE of the partitioned "
+                              "table reading cannot run inside a transaction block"), problem
+    assert "starts with `-- no-transaction`" in problem, problem
+    (folder / "002_maintain.up.sql").write_text("-- no-transaction\nREINDEX TABLE reading;\n")
+    assert run(None, folder, "validate", "--offline").code == 0
+    assert run(db.url, folder, "validate").code == 0
+    assert run(db.url, folder).code == 0
+    assert db.scalar("SELECT count(*) FROM _sqlx_migrations") == 2

@@ -413,6 +413,10 @@ class Applier:
         if extra.get("partial"):
             text += "; " + self._part_way(way, error["version"], extra["completed"],
                                           extra["statements"])
+        else:  # SPEC §3: a transactional file is applied whole or not at all
+            if error["sqlstate"] == "25001":  # refused in a transaction block
+                text += self.tables.spelling.new_file
+            text += "; rolled back: nothing of it was committed"
         raise MigrationError(text, **error)
 
     def _part_way(self, way: Direction, version: int, completed: int, statements: int) -> str:

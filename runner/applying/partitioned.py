@@ -15,16 +15,18 @@ from psycopg import sql
 
 from runner.errors import ValidationError
 from runner.folder import transaction_block
-from runner.folder.statements import Plan, line_col
+from runner.folder.statements import Plan, Spelling, line_col
 from runner.session.database import Connection
 
 _RELKIND = "SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
 
 
-def problems(conn: Connection, plans: list[Plan]) -> list[str]:
+def problems(conn: Connection | None, plans: list[Plan], spelling: Spelling) -> list[str]:
     """`file:line:column: ...` for each REINDEX / CLUSTER of a partitioned relation in a
-    transactional plan: created so by an earlier pending file, or so in the database.
-    From what lexing kept of each plan (`Plan.catalog`): no file is parsed again."""
+    transactional plan: created so by an earlier file of `plans`, or so in the database
+    (`conn`; None: the files alone, `validate --offline`); the fix in the history
+    format's words (`spelling`). From what lexing kept of each plan (`Plan.catalog`):
+    no file is parsed again."""
     known = transaction_block.Partitioned()
     found: list[str] = []
     for plan in plans:
@@ -34,7 +36,8 @@ def problems(conn: Connection, plans: list[Plan]) -> list[str]:
                 refusal = known.refusal(node)
                 name, rel, relkind = target
                 qualified = sql.Identifier(*(part for part in rel if part)).as_string(None)
-                row = conn.execute(_RELKIND, (qualified,)).fetchone()
+                row = (conn.execute(_RELKIND, (qualified,)).fetchone()
+                       if refusal is None and conn is not None else None)
                 if refusal is None and row is not None and row[0] == relkind:
                     refusal = (f"{name} of the partitioned "
                                f"{'table' if relkind == 'p' else 'index'} "
@@ -43,14 +46,13 @@ def problems(conn: Connection, plans: list[Plan]) -> list[str]:
                     line, column = line_col(plan.migration.text, offset)
                     found.append(
                         f"{plan.migration.file}:{line}:{column}: {refusal} cannot run "
-                        "inside a transaction block (PostgreSQL refuses it with 25001); "
-                        "move it to its own file whose first line is "
-                        "`-- migrate:no-transaction`")
+                        "inside a transaction block (PostgreSQL refuses it with 25001)"
+                        + spelling.new_file)
             known.note(node)
     return found
 
 
-def refuse(conn: Connection, plans: list[Plan]) -> None:
+def refuse(conn: Connection, plans: list[Plan], spelling: Spelling) -> None:
     """A ValidationError (exit 5) naming every such statement, before anything runs."""
-    if found := problems(conn, plans):
+    if found := problems(conn, plans, spelling):
         raise ValidationError(found)

@@ -50,7 +50,7 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
             state = read_state(history, applied, migrations, settings, to)
             planned = history.plan(state.comparison.pending)
             silence.doing("checking partitioned tables in the catalog")
-            partitioned.refuse(conn, planned)
+            partitioned.refuse(conn, planned, history.spelling)
         print_plan(planned)
         return 0
     with locked(settings, conn, settled) as session:
@@ -78,7 +78,8 @@ def migrate(settings: Settings, to: int | None = None, dry_run: bool = False,
                 history.ensure(work)
                 plans = lexed.result()
             silence.doing("checking partitioned tables in the catalog")
-            partitioned.refuse(work, plans)  # the catalog's word, before anything runs
+            # The catalog's word, before anything runs.
+            partitioned.refuse(work, plans, history.spelling)
             session.check_same_session()
         logger.info("migrations_pending", count=len(plans),
                     versions=[p.migration.version for p in plans])

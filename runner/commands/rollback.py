@@ -86,7 +86,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
             applied = history.read_checked(conn, "rollback")
             plans = check(history, targets(applied, steps, to), applied, migrations)
             silence.doing("checking partitioned tables in the catalog")
-            partitioned.refuse(conn, plans)
+            partitioned.refuse(conn, plans, history.spelling)
         print_plan(plans, empty="nothing to roll back")
         return 0
     with locked(settings) as session:
@@ -99,7 +99,7 @@ def rollback(settings: Settings, steps: int | None = None, to: int | None = None
         chosen = targets(applied, steps, to)
         plans = check(history, chosen, applied, migrations)
         silence.doing("checking partitioned tables in the catalog")
-        partitioned.refuse(conn, plans)
+        partitioned.refuse(conn, plans, history.spelling)
         session.check_same_session()
         if plans:  # the app may have made the history without the audit table
             silence.doing("creating the bookkeeping tables")

@@ -118,22 +118,23 @@ def status(settings: Settings, as_json: bool, exit_code: bool = False) -> int:
     0 when it would do nothing. A role that may not read the history: ConfigError (2)."""
     # A person reading the table at a terminal wants the table; JSON logs stay complete.
     chatter = "debug" if settings.log_format == "console" and not as_json else "info"
-    rows, comparison, history = read(settings, chatter)
+    rows, comparison, _, refused = read(settings, chatter, refusals=exit_code)
     if as_json:
         print(json.dumps(document(rows), indent=2))
     else:
         print(table(rows, use_color(sys.stdout)))
     getattr(log.get(), chatter)("status_read", **summary(rows))
-    return verdict(settings, history, comparison) if exit_code else 0
+    return verdict(settings, comparison, refused) if exit_code else 0
 
 
 def read(settings: Settings, level: str = "info",
-         folders: dict[str, files.Folder] | None = None,
-         ) -> tuple[list[Row], Comparison, History]:
+         folders: dict[str, files.Folder] | None = None, refusals: bool = False,
+         ) -> tuple[list[Row], Comparison, History, list[str]]:
     """The rows of one database (read-only) and the history format settled on it (SPEC
     §8); `folders`: the folder as each format reads it, read once by a caller that reads
-    many databases (fleet mode), filled as needed. Raises what connecting raises, and a
-    ConfigError for a role that may not read the history."""
+    many databases (fleet mode), filled as needed; with `refusals`, what `migrate` would
+    refuse in the pending files (`pending_problems`), else []. Raises what connecting
+    raises, and a ConfigError for a role that may not read the history."""
     with read_only(settings, "status", level=level) as conn:
         history = settle(settings, conn, level=level)
         folder = folders.get(history.format) if folders is not None else None
@@ -149,16 +150,30 @@ def read(settings: Settings, level: str = "info",
             applied = history.read_checked(conn, "status")
         except psycopg.errors.InsufficientPrivilege as exc:
             raise not_allowed(conn, history, exc) from None
-    comparison = compare(folder.migrations, applied, history.eol_only)
+        comparison = compare(folder.migrations, applied, history.eol_only)
+        refused = pending_problems(conn, history, comparison.pending) if refusals else []
     warn_eol_only(comparison, history)
     rows = classify(folder.migrations, applied, {m.version for m, _ in comparison.eol_only})
-    return rows, comparison, history
+    return rows, comparison, history, refused
 
 
-def verdict(settings: Settings, history: History, comparison: Comparison) -> int:
-    """`--exit-code`: 5 when `migrate` would refuse, 6 when it would apply, else 0."""
-    if (comparison.problems(settings.strict, settings.allow_out_of_order)
-            or history.lex(comparison.pending)[1]):
+def pending_problems(conn: Connection, history: History,
+                     pending: list[files.Migration]) -> list[str]:
+    """What `migrate` would refuse in the pending files before applying any: the
+    lexer's problems, then the catalog's (runner.applying.partitioned)."""
+    plans, problems = history.lex(pending)
+    if problems or not plans:
+        return problems
+    from runner.applying import partitioned
+
+    silence.doing("checking partitioned tables in the catalog")
+    return partitioned.problems(conn, plans, history.spelling)
+
+
+def verdict(settings: Settings, comparison: Comparison, refused: list[str]) -> int:
+    """`--exit-code`: 5 when `migrate` would refuse (`refused`: `pending_problems`), 6
+    when it would apply, else 0."""
+    if comparison.problems(settings.strict, settings.allow_out_of_order) or refused:
         return VALIDATION
     return PENDING if comparison.pending else 0
 

@@ -35,7 +35,9 @@ def validate(settings: Settings, offline: bool) -> int:
     if offline:
         history = offline_history(settings)
         folder = history.read_folder(settings.migrations_path)
-        problems = file_problems(history, folder)[1]
+        plans, problems = file_problems(history, folder)
+        # A REINDEX or CLUSTER of a table an earlier file makes partitioned.
+        problems += partitioned.problems(None, plans, history.spelling)
     else:
         with read_only(settings, "validate") as conn:
             history = settle(settings, conn)
@@ -51,7 +53,7 @@ def validate(settings: Settings, offline: bool) -> int:
             pending = {m.version for m in comparison.pending}
             silence.doing("checking partitioned tables in the catalog")
             problems += partitioned.problems(
-                conn, [p for p in plans if p.migration.version in pending])
+                conn, [p for p in plans if p.migration.version in pending], history.spelling)
         warn_eol_only(comparison, history)
         problems += comparison.problems(settings.strict, settings.allow_out_of_order,
                                         history.cli)

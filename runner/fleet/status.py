@@ -43,7 +43,8 @@ def read_target(settings: Settings, folders: dict[str, files.Folder], target: Ta
     structlog.contextvars.bind_contextvars(target=target.name, shard=shard)
     row = Row(target.name, target.key, "unreachable")
     try:
-        rows, comparison, history = single.read(target.settings(settings), "debug", folders)
+        rows, comparison, _, refused = single.read(target.settings(settings), "debug",
+                                                   folders, refusals=True)
     except RunnerError as exc:
         row.error = exc.message
     except psycopg.Error as exc:
@@ -53,7 +54,7 @@ def read_target(settings: Settings, folders: dict[str, files.Folder], target: Ta
         row.version = max(applied, default=None)
         row.pending = len(comparison.pending)
         row.failed = sum(1 for r in rows if r.state in ("failed", "changed", "out_of_order"))
-        code = single.verdict(settings, history, comparison)
+        code = single.verdict(settings, comparison, refused)
         row.state = ("failed" if code not in (OK, PENDING) else "behind" if code == PENDING
                      else "ahead" if comparison.missing else "current")
     log.get().info("target_status", state=row.state, version=row.version,

@@ -81,6 +81,7 @@ class History:
 
     format = ""
     table = ""
+    spelling = statements.NATIVE  # the fixes' words for its file rules (SPEC §8)
     # Tables of the other format: beside an empty history of ours they mean the database
     # was migrated by the other one (SPEC §8), and the setting that reads them.
     other_tables: tuple[tuple[str, str], ...] = ()

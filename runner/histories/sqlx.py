@@ -47,6 +47,7 @@ def lock_key(database: str) -> int:
 
 class SqlxHistory(History):
     format = "sqlx"
+    spelling = sqlx_files.SPELLING
     table = "_sqlx_migrations"
     # What sqlx's connection sends at startup (sqlx-postgres src/connection/establish.rs,
     # extra_float_digits from PgConnectOptions' default): a file that reads the clock or
