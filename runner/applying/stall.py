@@ -27,15 +27,11 @@ from typing import Any
 import psycopg
 
 from runner.output import log
-from runner.session import deadline
+from runner.session import deadline, silence
 from runner.session.database import Connection
+from runner.session.silence import STALL_S
 
-STALL_S = 10.0  # an answer this late, from a server that has finished, is not coming
 LOCK_GRACE_S = 5.0
-_STATE = """
-SELECT state, extract(epoch FROM pg_catalog.clock_timestamp() - state_change)::float8
-FROM pg_catalog.pg_stat_activity WHERE pid = %s
-"""
 
 
 class Stall:
@@ -72,17 +68,13 @@ class Stall:
                 self._sever(f"no answer for {busy:.0f}s, and the lock connection is lost")
             return
         try:
-            with deadline.within(self.lock, STALL_S):
-                row = self.lock.execute(_STATE, (self.work_pid,)).fetchone()
+            verdict = silence.lost_answer(self.lock, self.work_pid, busy, STALL_S)
         except psycopg.Error as exc:
             log.get().debug("watch_failed", message=str(exc).strip())
             self.lock_lost(now)
             return
-        if row is None:
-            self._sever(f"no answer for {busy:.0f}s, and its server process is gone")
-        elif row[0] != "active" and row[1] is not None and row[1] >= STALL_S:
-            self._sever(f"no answer for {busy:.0f}s, while the server has been "
-                        f"{row[0]} for {row[1]:.0f}s")
+        if verdict is not None:
+            self._sever(verdict)
 
     def _sever(self, reason: str) -> None:
         if self.handle.sever():

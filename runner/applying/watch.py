@@ -54,12 +54,13 @@ from typing import Any
 import psycopg
 
 from runner.applying.outcome import is_shutdown
-from runner.applying.stall import STALL_S, Stall
+from runner.applying.stall import Stall
 from runner.folder.statements import Plan, line_col
 from runner.histories.history import as_fields
 from runner.output import log
 from runner.session import deadline
 from runner.session.database import Connection
+from runner.session.silence import STALL_S
 
 TICK_S = 1.0
 _SAMPLE = """

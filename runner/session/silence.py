@@ -152,14 +152,29 @@ def tick(now: float) -> None:
         _ASKERS.pop(target).close()
 
 
+def lost_answer(asker: Connection, pid: int, busy: float, within: float) -> str | None:
+    """Why a call busy for `busy` seconds on server process `pid` will never be answered,
+    asked on `asker` (its answer awaited `within` seconds): the process is gone, or not
+    `active` for STALL_S; None while it may be a wait (a lock wait shows `active`). The
+    rule of this module and of the migrations' watch (runner.applying.stall). Raises
+    psycopg.Error when `asker` cannot answer."""
+    with deadline.within(asker, within):
+        row = asker.execute(_STATE, (pid,)).fetchone()
+    if row is None:
+        return f"no answer for {busy:.0f}s, and its server process is gone"
+    state, idle = row
+    if state != "active" and idle is not None and idle >= STALL_S:
+        return f"no answer for {busy:.0f}s, while the server has been {state} for {idle:.0f}s"
+    return None
+
+
 def _ask(w: _Watched, busy: float, now: float) -> str | None:
     """Why the wait on `w` is hopeless, or None while it may be a wait."""
     asker = _ASKERS.get(w.target)
     try:
         if asker is None or asker.closed or asker.broken:
             asker = _ASKERS[w.target] = w.opener()
-        with deadline.within(asker, ASK_S):
-            row = asker.execute(_STATE, (w.pid,)).fetchone()
+        return lost_answer(asker, w.pid, busy, ASK_S)
     except (RunnerError, psycopg.Error) as exc:
         if (asker := _ASKERS.pop(w.target, None)) is not None:
             asker.close()
@@ -173,12 +188,6 @@ def _ask(w: _Watched, busy: float, now: float) -> str | None:
             w.next_ask = now + max(STALL_S, min(busy, 60.0))
             return None
         return f"no answer for {busy:.0f}s, and the server cannot be reached ({message})"
-    if row is None:
-        return f"no answer for {busy:.0f}s, and its server process is gone"
-    state, idle = row
-    if state != "active" and idle is not None and idle >= STALL_S:
-        return f"no answer for {busy:.0f}s, while the server has been {state} for {idle:.0f}s"
-    return None
 
 
 def _end(target: str, verdict: str, watched: list[tuple[Connection, _Watched]]) -> None:
