@@ -105,7 +105,9 @@ def configure(fmt: str = "json", level: str = "info", watchers: Sequence[Any] = 
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # sys.stderr as it is when a line is written, not when configured: a stream
+        # swapped since (a test's capture, closed once it ended) is not written to.
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
